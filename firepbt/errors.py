@@ -1,0 +1,35 @@
+"""Exceptions raised by firepbt. Every message names the offending value and the rule."""
+
+from __future__ import annotations
+
+
+class FirePBTError(Exception):
+    """Base class of every firepbt error."""
+
+
+class ConfigError(FirePBTError, ValueError):
+    """An invalid setting or search space, raised before any worker starts."""
+
+
+class StoreError(FirePBTError):
+    """The experiment store is unusable (corrupt, wrong format version, ...)."""
+
+
+class StoreCorrupt(StoreError):
+    """The store file exists but cannot be read; the file is never overwritten."""
+
+
+class FormatVersionError(StoreError):
+    """A store or checkpoint written by an unknown (newer) format version."""
+
+
+class ExperimentLocked(StoreError):
+    """Another live controller holds the experiment lock."""
+
+
+class CheckpointError(FirePBTError):
+    """A checkpoint is missing, truncated or fails its checksum."""
+
+
+class StaleResult(FirePBTError):
+    """A result carries an old lease/epoch and is rejected."""

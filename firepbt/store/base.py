@@ -1,0 +1,267 @@
+"""The storage contract every backend implements (in-memory, SQLite, later PostgreSQL).
+
+Rules of the contract (the conformance suite in ``firepbt.store.conformance`` checks each):
+
+* **Atomicity.** Writes made inside ``with store.transaction():`` become visible to other
+  connections together or not at all; an exception inside the block rolls all of them back.
+  Writes outside a transaction are each atomic on their own. Transactions do not nest
+  (a nested ``transaction()`` raises ``StoreError``).
+* **Immutability.** Checkpoint records, metric rows and events are append-only: adding one whose
+  key already exists raises ``StoreError`` (never a silent overwrite). The only change allowed to
+  a checkpoint record is ``mark_checkpoint_deleted``.
+* **Upserts.** Worker and segment records are replaced whole by ``put_worker``/``put_segment``.
+* **Compare-and-set.** ``claim_segment`` moves a segment from ``pending`` to ``running`` only if
+  its epoch matches; it returns False otherwise, so a task is claimed once.
+* **Reads** return frozen records ordered by id (metrics by worker, segment, step); unknown ids
+  raise ``KeyError``.
+* **Versions.** A store written by a newer ``FORMAT_VERSION`` is refused with
+  ``FormatVersionError``; a file that is not a store raises ``StoreCorrupt`` naming the file and
+  is never overwritten.
+* **Lock.** ``acquire_lock`` raises ``ExperimentLocked`` naming pid, host and since-time while
+  another holder's lock is fresher than ``stale_after_s``; a stale lock is taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1
+
+# Worker roles and statuses.
+MEMBER = "member"
+EVALUATOR = "evaluator"
+
+ACTIVE = "active"  # training
+IDLE = "idle"  # an evaluator without an assignment
+FAILED = "failed"  # exceeded max_failures; replaced from a donor
+DONE = "done"  # reached the step budget
+
+# Segment statuses.
+PENDING = "pending"
+RUNNING = "running"
+COMPLETED = "completed"
+SEG_FAILED = "failed"
+CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A population member or an evaluator (FIRE PBT)."""
+
+    id: int
+    role: str  # MEMBER | EVALUATOR
+    subpop: int  # 1..n for members; the evaluated parent's sub-population for evaluators
+    hparams: Mapping[str, Any]
+    step: int  # training steps contained in the current weights
+    checkpoint: int | None  # current checkpoint id (None before the first segment)
+    status: str = ACTIVE
+    failures: int = 0
+    overwrites: int = 0  # times its weights were replaced (exploit / transfer)
+    info: Mapping[str, Any] = field(default_factory=dict)  # algorithm-owned, JSON-able
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """An immutable checkpoint version; tags are stored in the checkpoint's manifest too."""
+
+    id: int
+    worker: int  # who wrote it
+    step: int
+    path: str
+    checksum: str
+    hparams: Mapping[str, Any]  # the hyperparameters it was trained with
+    parent: int | None  # checkpoint it was trained from (lineage)
+    created: float
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """One unit of work: train ``worker`` from ``from_checkpoint`` for end-start steps."""
+
+    id: int
+    worker: int
+    epoch: int  # lease: results carrying another epoch are stale
+    start_step: int
+    end_step: int
+    from_checkpoint: int | None
+    hparams: Mapping[str, Any]
+    status: str = PENDING
+    attempts: int = 0
+    to_checkpoint: int | None = None
+    error: str | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One point of a learning curve; value None marks an invalid (NaN/None) observation."""
+
+    worker: int
+    segment: int
+    step: int
+    value: float | None
+    time: float
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """A lineage or life-cycle event (init, exploit, transfer, start/stop evaluator, fail...)."""
+
+    id: int  # assigned by the store; pass 0
+    kind: str
+    worker: int
+    step: int
+    time: float
+    donor: int | None = None
+    donor_checkpoint: int | None = None
+    old_hparams: Mapping[str, Any] | None = None
+    new_hparams: Mapping[str, Any] | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds the experiment lock."""
+
+    pid: int
+    host: str
+    since: float
+    token: str
+
+
+class Store(ABC):
+    """Experiment state. One controller writes; readers (CLI, report) may read concurrently."""
+
+    url: str
+
+    # -- life cycle --------------------------------------------------------------------------
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections/files. Idempotent."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """All writes inside commit together or roll back together; does not nest."""
+
+    # -- experiment --------------------------------------------------------------------------
+    @abstractmethod
+    def create_experiment(self, config: Mapping[str, Any]) -> None:
+        """Record the experiment's configuration; ``StoreError`` if one already exists."""
+
+    @abstractmethod
+    def experiment(self) -> dict[str, Any] | None:
+        """The configuration given to ``create_experiment``, or None for an empty store."""
+
+    @abstractmethod
+    def put_state(self, key: str, value: Any) -> None:
+        """Set a JSON-able controller state value (rng state, round, status, ...)."""
+
+    @abstractmethod
+    def get_state(self, key: str, default: Any = None) -> Any:
+        """Read a state value, ``default`` if never set."""
+
+    # -- lock --------------------------------------------------------------------------------
+    @abstractmethod
+    def acquire_lock(self, holder: LockHolder, stale_after_s: float, now: float) -> None:
+        """Take the experiment lock or raise ``ExperimentLocked`` naming the live holder."""
+
+    @abstractmethod
+    def refresh_lock(self, holder: LockHolder, now: float) -> None:
+        """Heartbeat: mark the lock fresh at ``now`` (only if ``holder`` still holds it)."""
+
+    @abstractmethod
+    def release_lock(self, holder: LockHolder) -> None:
+        """Release the lock if ``holder`` holds it."""
+
+    @abstractmethod
+    def lock_holder(self) -> tuple[LockHolder, float] | None:
+        """The current holder and its last heartbeat time, or None."""
+
+    # -- ids ---------------------------------------------------------------------------------
+    @abstractmethod
+    def next_id(self, counter: str) -> int:
+        """A new id from a named monotonic counter (starts at 1, survives reopening)."""
+
+    # -- workers -----------------------------------------------------------------------------
+    @abstractmethod
+    def put_worker(self, rec: WorkerRecord) -> None:
+        """Insert or replace the whole worker record."""
+
+    @abstractmethod
+    def workers(self) -> list[WorkerRecord]:
+        """All workers ordered by id."""
+
+    @abstractmethod
+    def worker(self, worker_id: int) -> WorkerRecord:
+        """One worker; ``KeyError`` if unknown."""
+
+    # -- checkpoints -------------------------------------------------------------------------
+    @abstractmethod
+    def add_checkpoint(self, rec: CheckpointRecord) -> None:
+        """Append a checkpoint record; ``StoreError`` if the id exists."""
+
+    @abstractmethod
+    def checkpoint(self, checkpoint_id: int) -> CheckpointRecord:
+        """One checkpoint record (deleted ones too); ``KeyError`` if unknown."""
+
+    @abstractmethod
+    def checkpoints(
+        self, worker: int | None = None, include_deleted: bool = False
+    ) -> list[CheckpointRecord]:
+        """Checkpoint records ordered by id."""
+
+    @abstractmethod
+    def mark_checkpoint_deleted(self, checkpoint_id: int) -> None:
+        """Record that retention removed the files; ``KeyError`` if unknown."""
+
+    # -- segments ----------------------------------------------------------------------------
+    @abstractmethod
+    def put_segment(self, rec: SegmentRecord) -> None:
+        """Insert or replace a segment record."""
+
+    @abstractmethod
+    def segment(self, segment_id: int) -> SegmentRecord:
+        """One segment; ``KeyError`` if unknown."""
+
+    @abstractmethod
+    def segments(self, status: str | None = None, worker: int | None = None) -> list[SegmentRecord]:
+        """Segments ordered by id, optionally filtered."""
+
+    @abstractmethod
+    def claim_segment(self, segment_id: int, epoch: int, owner: str) -> bool:
+        """Atomically move a pending segment with this epoch to running; False if not."""
+
+    # -- metrics -----------------------------------------------------------------------------
+    @abstractmethod
+    def add_metrics(self, rows: Sequence[MetricRow]) -> None:
+        """Append curve points; ``StoreError`` on a duplicate (worker, segment, step)."""
+
+    @abstractmethod
+    def metrics(self, worker: int | None = None) -> list[MetricRow]:
+        """Curve points ordered by (worker, segment, step)."""
+
+    # -- events ------------------------------------------------------------------------------
+    @abstractmethod
+    def add_event(self, rec: EventRecord) -> int:
+        """Append an event and return its new id (the ``id`` field passed in is ignored)."""
+
+    @abstractmethod
+    def events(self, kind: str | None = None, worker: int | None = None) -> list[EventRecord]:
+        """Events ordered by id, optionally filtered."""
+
+
+def iter_chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    """Split ``seq`` in chunks of ``n`` (for bounded SQL statements)."""
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]

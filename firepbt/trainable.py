@@ -1,0 +1,212 @@
+"""The user-facing training API: a class form and a Ray-Tune-like function form.
+
+A *segment* of work is: build or restore a trainable, train it for ``interval`` steps while
+recording the metric every ``eval_every`` steps, save a checkpoint. Executors drive trainables
+only through :func:`run_segment`, so the class and function forms behave identically.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class Trainable(ABC):
+    """Subclass this to plug a training loop into firepbt.
+
+    The library owns the population; a Trainable owns one network. ``self.hparams`` is the
+    current hyperparameter dict and ``self.seed`` an integer seed for this member.
+    """
+
+    hparams: dict[str, Any]
+    seed: int
+
+    def __init__(self) -> None:
+        self.hparams = {}
+        self.seed = 0
+
+    @abstractmethod
+    def setup(self, hparams: Mapping[str, Any], seed: int) -> None:
+        """Build the model and optimiser for ``hparams``."""
+
+    @abstractmethod
+    def train(self, steps: int) -> None:
+        """Train ``steps`` steps with ``self.hparams``."""
+
+    @abstractmethod
+    def evaluate(self) -> float:
+        """Return the fitness (higher is better), e.g. validation accuracy."""
+
+    @abstractmethod
+    def save(self, path: Path) -> None:
+        """Write weights and optimiser state into the directory ``path``."""
+
+    @abstractmethod
+    def load(self, path: Path) -> None:
+        """Restore weights and optimiser state from the directory ``path``."""
+
+    def set_hparams(self, hparams: Mapping[str, Any]) -> None:
+        """Apply new hyperparameters in place (e.g. the optimiser's lr).
+
+        The default only stores them; override when the optimiser must be told.
+        """
+        self.hparams = dict(hparams)
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """What a worker must do for one segment of one member or evaluator."""
+
+    worker: int
+    segment: int
+    epoch: int
+    hparams: Mapping[str, Any]
+    seed: int
+    start_step: int
+    steps: int
+    eval_every: int
+    load_from: str | None  # checkpoint directory to restore, None = fresh setup
+    load_checksum: str | None
+    load_checkpoint: int | None
+    save_to: str  # final checkpoint directory to write
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What a worker sends back: the curve points and the new checkpoint."""
+
+    worker: int
+    segment: int
+    epoch: int
+    points: tuple[tuple[int, float | None], ...]  # (step, metric) inside the segment
+    end_step: int
+    checkpoint_path: str | None
+    checksum: str | None
+    error: str | None = None  # traceback text when user code raised
+    wall_s: float = 0.0
+
+
+def as_metric(value: Any) -> float | None:
+    """Normalise a reported fitness: NaN, None or a non-number becomes ``None`` (invalid)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+# --- function form -------------------------------------------------------------------------
+
+
+class _StopTraining(BaseException):
+    """Raised inside a user function's report() to pause it (not an error)."""
+
+
+class FunctionTrainable(Trainable):
+    """Adapts a Ray-Tune-style function ``fn(hparams, checkpoint, report)``.
+
+    ``checkpoint`` is a directory to resume from (or ``None``); ``report(metric, save)`` is called
+    by the function once per training step with the step's metric (or ``None`` when it was not
+    measured) and a callable ``save(path)`` writing its state. The function runs in a thread
+    that is paused inside ``report`` between segments, so its loop is never restarted unless
+    its weights change (exploit) - then it is restarted from the donor's checkpoint.
+    ``hparams`` is a live dict: new values from explore appear in it in place.
+    """
+
+    fn: Callable[..., Any]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread: threading.Thread | None = None
+        self._to_fn: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._from_fn: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._restore: Path | None = None
+        self._last_metric: float | None = None
+        self._saver: Callable[[Path], None] | None = None
+        self._live: dict[str, Any] = {}
+
+    def setup(self, hparams: Mapping[str, Any], seed: int) -> None:
+        self._live = dict(hparams)
+        self.hparams = self._live
+        self.seed = seed
+
+    def set_hparams(self, hparams: Mapping[str, Any]) -> None:
+        self._live.clear()
+        self._live.update(hparams)
+
+    def _start(self) -> None:
+        def report(metric: Any = None, save: Callable[[Path], None] | None = None) -> None:
+            self._from_fn.put(("step", (metric, save)))
+            cmd, _ = self._to_fn.get()
+            if cmd == "stop":
+                raise _StopTraining
+
+        def body() -> None:
+            try:
+                params = inspect.signature(self.fn).parameters
+                kwargs = {"seed": self.seed} if "seed" in params else {}
+                self.fn(self._live, self._restore, report, **kwargs)
+                self._from_fn.put(("done", None))
+            except _StopTraining:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - handed to the worker as the error
+                self._from_fn.put(("error", exc))
+
+        self._thread = threading.Thread(target=body, daemon=True)
+        self._thread.start()
+
+    def train(self, steps: int) -> None:
+        for _ in range(steps):
+            if self._thread is None:
+                self._start()
+            else:
+                self._to_fn.put(("go", None))
+            kind, payload = self._from_fn.get()
+            if kind == "error":
+                raise payload
+            if kind == "done":
+                raise RuntimeError("training function returned before the run's last step")
+            metric, save = payload
+            self._last_metric = as_metric(metric) if metric is not None else self._last_metric
+            self._saver = save if save is not None else self._saver
+
+    def evaluate(self) -> float:
+        return float("nan") if self._last_metric is None else self._last_metric
+
+    def save(self, path: Path) -> None:
+        if self._saver is None:
+            raise RuntimeError("the training function never passed save= to report()")
+        self._saver(path)
+
+    def load(self, path: Path) -> None:
+        self._stop_thread()
+        self._restore = path
+
+    def _stop_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._to_fn.put(("stop", None))
+            self._thread.join(timeout=10)
+        self._thread = None
+        self._to_fn = queue.Queue()
+        self._from_fn = queue.Queue()
+
+
+def make_trainable_class(obj: Any) -> type[Trainable]:
+    """Return a Trainable subclass for a Trainable subclass or a training function."""
+    if inspect.isclass(obj) and issubclass(obj, Trainable):
+        return obj
+    if callable(obj):
+        fn = obj
+        return type(f"Function[{getattr(fn, '__name__', 'fn')}]", (FunctionTrainable,),
+                    {"fn": staticmethod(fn)})
+    raise TypeError(f"task {obj!r} is neither a Trainable subclass nor a function")
