@@ -72,12 +72,12 @@ class SegmentSpec:
     start_step: int
     steps: int
     eval_every: int
-    load_from: str | None  # checkpoint directory to restore, None = fresh setup
+    load_checkpoint: int | None  # checkpoint to restore; None = fresh setup
+    load_path: str | None
     load_checksum: str | None
-    load_checkpoint: int | None
-    save_to: str  # final checkpoint directory to write
+    save_checkpoint: int  # id of the checkpoint to write at the end
+    checkpoint_root: str
     timeout_s: float | None = None
-
 
 @dataclass(frozen=True)
 class SegmentResult:

@@ -1,0 +1,246 @@
+"""What algorithms see (snapshots) and what they return (decisions).
+
+Algorithms are pure: ``decide(snapshot, rng) -> list[Decision]``. They never touch the store,
+files, clocks or the controller. The controller builds the snapshot, calls ``decide`` and
+carries the decisions out, recording each as a lineage event.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from firepbt.errors import ConfigError
+from firepbt.space import ExploreConfig, Space
+
+MEMBER = "member"
+EVALUATOR = "evaluator"
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """A read-only view of one member or evaluator at decision time."""
+
+    id: int
+    role: str
+    subpop: int
+    hparams: Mapping[str, Any]
+    step: int
+    checkpoint: int | None
+    curve: tuple[float | None, ...] = ()  # metric since its weights were last overwritten
+    overwrites: int = 0  # bumps whenever its weights are replaced (a version fence)
+    status: str = "active"  # active | idle | failed | done
+    info: Mapping[str, Any] = field(default_factory=dict)  # algorithm-owned bookkeeping
+
+    def last_metric(self) -> float | None:
+        """The newest valid curve point, or None."""
+        for v in reversed(self.curve):
+            if v is not None and not math.isnan(v):
+                return v
+        return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The population as the algorithm sees it.
+
+    ``ready`` lists the workers at a ready point now, in the order decisions are applied.
+    ``tick`` counts decision rounds (a logical clock for "least recently evaluated").
+    """
+
+    workers: Mapping[int, WorkerView]
+    ready: tuple[int, ...]
+    tick: int
+    space: Space
+    interval: int
+    total_steps: int
+    # Optional per-sub-population fitness tables the controller keeps up to date incrementally,
+    # so that ranking a large population costs a few vectorised operations, not a Python loop.
+    tables: Mapping[int, FitnessTable] | None = None
+
+    def table(self, k: int) -> FitnessTable:
+        """Latest task fitness of the active members of sub-population ``k``."""
+        if self.tables is not None and k in self.tables:
+            return self.tables[k]
+        members = [w for w in self.subpop(k) if w.status == "active"]
+        return FitnessTable.build(
+            [w.id for w in members], [fitness_of(w) for w in members]
+        )
+
+    def subpop(self, k: int, role: str = MEMBER) -> list[WorkerView]:
+        """Workers of sub-population ``k`` with ``role``, ordered by id."""
+        return sorted(
+            (w for w in self.workers.values() if w.role == role and w.subpop == k),
+            key=lambda w: w.id,
+        )
+
+
+@dataclass(frozen=True)
+class FitnessTable:
+    """Ids (ascending) and fitness values (NaN = invalid) of one sub-population."""
+
+    ids: np.ndarray
+    values: np.ndarray
+
+    @staticmethod
+    def build(ids: Sequence[int], fitness: Sequence[float | None]) -> FitnessTable:
+        vals = np.array([np.nan if f is None else f for f in fitness], dtype=float)
+        return FitnessTable(np.asarray(ids, dtype=np.int64), vals)
+
+    def _keys(self) -> np.ndarray:
+        # Invalid fitness ranks below everything, -inf included.
+        return np.where(np.isnan(self.values), -np.inf, self.values)
+
+    def position(self, worker: int) -> int:
+        """0-based rank of ``worker`` (0 = best); ties broken by id, invalid last."""
+        idx = int(np.searchsorted(self.ids, worker))
+        keys = self._keys()
+        v = keys[idx]
+        invalid = np.isnan(self.values)
+        if invalid[idx]:
+            # Among the invalid ones, order by id.
+            return int(np.count_nonzero(~invalid)) + int(np.count_nonzero(invalid[:idx]))
+        better = np.count_nonzero(keys > v) + np.count_nonzero(keys[:idx] == v)
+        return int(better)
+
+    def top(self, n: int) -> list[int]:
+        """The ``n`` best ids with a valid fitness, best first."""
+        valid = ~np.isnan(self.values)
+        order = np.lexsort((self.ids, -self._keys()))
+        return [int(self.ids[i]) for i in order if valid[i]][:n]
+
+
+# --- decisions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Base of every decision; ``worker`` is who it applies to."""
+
+    worker: int
+
+
+@dataclass(frozen=True)
+class Continue(Decision):
+    """Keep training with the current weights and hyperparameters."""
+
+    fitness: float | None = None
+
+
+@dataclass(frozen=True)
+class Exploit(Decision):
+    """Continue from the donor's immutable checkpoint with explored hyperparameters."""
+
+    donor: int
+    donor_checkpoint: int
+    new_hparams: Mapping[str, Any]
+    ops: Mapping[str, str]
+    fitness: float | None = None
+    donor_fitness: float | None = None
+
+
+@dataclass(frozen=True)
+class StartEvaluator(Decision):
+    """FIRE: evaluator ``worker`` trains ``parent``'s weights with ``child``'s hparams (frozen)."""
+
+    parent: int
+    parent_checkpoint: int
+    child: int
+    hparams: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StopEvaluator(Decision):
+    """FIRE: free an evaluator. ``reason``: no_overlap | p_value | overwritten | superseded | end."""
+
+    reason: str
+    p_value: float | None = None
+    delta: float | None = None
+
+
+@dataclass(frozen=True)
+class Transfer(Decision):
+    """FIRE success: ``child`` takes the evaluator's weights and curve, keeps its hparams.
+
+    ``worker`` is the evaluator; the evaluator stops after the transfer.
+    """
+
+    parent: int
+    child: int
+    checkpoint: int
+    p_value: float
+    delta: float
+
+
+@dataclass(frozen=True)
+class SetFitness(Decision):
+    """Record a fitness value the algorithm computed (FIRE fitness) for the report."""
+
+    value: float | None
+
+
+# --- algorithm base ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Role:
+    """One worker the algorithm wants: its role and sub-population."""
+
+    role: str
+    subpop: int
+
+
+class Algorithm(ABC):
+    """A population-training algorithm: topology plus a pure ``decide``."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def topology(self) -> list[Role]:
+        """The workers to create, in id order."""
+
+    @abstractmethod
+    def decide(self, snapshot: Snapshot, rng: np.random.Generator) -> list[Decision]:
+        """Decisions for the ready workers (and idle evaluators)."""
+
+    @abstractmethod
+    def to_config(self) -> dict[str, Any]:
+        """JSON-able settings; ``algorithm_from_config`` rebuilds an equal algorithm."""
+
+    def explore_config(self) -> ExploreConfig:
+        """The explore settings (algorithms with explore override)."""
+        return ExploreConfig()
+
+    def validate(self, interval: int, eval_every: int, total_steps: int) -> None:  # noqa: B027
+        """Check settings that depend on the run (raise ConfigError); default: nothing."""
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise ConfigError(message) unless ``ok`` - keeps validation one line per rule."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def fitness_of(w: WorkerView, window: int = 1) -> float | None:
+    """Task fitness: mean of the last ``window`` valid curve points; None when invalid."""
+    vals = [v for v in w.curve[-window:] if v is not None and not math.isnan(v)]
+    if not vals:
+        return None
+    return float(np.mean(vals))
+
+
+def rank_order(ids: Sequence[int], fitness: Sequence[float | None]) -> list[int]:
+    """Ids from best to worst. None/NaN rank last; ties broken by id (deterministic)."""
+
+    def key(pair: tuple[int, float | None]) -> tuple[int, float, int]:
+        wid, f = pair
+        if f is None or math.isnan(f):
+            return (1, 0.0, wid)
+        return (0, -f, wid)
+
+    return [wid for wid, _ in sorted(zip(ids, fitness, strict=True), key=key)]

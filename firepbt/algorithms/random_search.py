@@ -1,0 +1,42 @@
+"""Random search: the same members and compute as PBT, hyperparameters fixed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from firepbt.algorithms.base import (
+    MEMBER,
+    Algorithm,
+    Continue,
+    Decision,
+    Role,
+    Snapshot,
+    fitness_of,
+    require,
+)
+
+
+@dataclass(frozen=True)
+class RandomSearch(Algorithm):
+    """Each member keeps the hyperparameters sampled at start; nothing is ever copied."""
+
+    name: ClassVar[str] = "random"
+    population: int = 8
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.population, int) and self.population >= 1,
+            f"population={self.population!r}: must be an integer >= 1",
+        )
+
+    def topology(self) -> list[Role]:
+        return [Role(MEMBER, 1)] * self.population
+
+    def decide(self, snapshot: Snapshot, rng: np.random.Generator) -> list[Decision]:
+        return [Continue(w, fitness_of(snapshot.workers[w])) for w in snapshot.ready]
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "population": self.population}

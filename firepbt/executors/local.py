@@ -1,0 +1,194 @@
+"""Local worker processes (spawned), one torch thread each.
+
+Each process keeps its recent trainables in memory, and a member goes back to the process that
+trained it last when that process is free, so continuing costs no checkpoint reload.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from firepbt.executors.base import Executor
+from firepbt.trainable import SegmentResult, SegmentSpec
+
+_THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _worker_main(conn: Connection, task_ref: str, threads: int) -> None:
+    # Set thread counts before any numerical library is imported in this process.
+    for var in _THREAD_ENV:
+        os.environ[var] = str(threads)
+    import sys
+
+    from firepbt.executors.worker import WorkerState, resolve_task
+
+    state = WorkerState(resolve_task(task_ref))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    while True:
+        try:
+            kind, payload = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if kind == "stop":
+            return
+        if kind == "forget":
+            state.forget(payload)
+            continue
+        conn.send(state.run(payload))
+
+
+@dataclass
+class _Slot:
+    process: Any
+    conn: Connection
+    spec: SegmentSpec | None = None
+    started: float = 0.0
+
+
+class LocalExecutor(Executor):
+    """``workers`` spawned processes running segments of the task ``task_ref``.
+
+    Args:
+        task_ref: ``module:Name`` or ``file.py:Name`` importable in a fresh process.
+        workers: number of processes (at most this many segments at once).
+        threads: torch/BLAS threads per process.
+        segment_timeout_s: a segment running longer is killed and reported as failed.
+    """
+
+    def __init__(
+        self,
+        task_ref: str,
+        workers: int = 2,
+        threads: int = 1,
+        segment_timeout_s: float | None = None,
+    ) -> None:
+        self.task_ref = task_ref
+        self.workers = workers
+        self.threads = threads
+        self.segment_timeout_s = segment_timeout_s
+        self._ctx = mp.get_context("spawn")
+        self._slots: list[_Slot] = []
+        self._last_slot: dict[int, int] = {}
+        self.restarts = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.workers
+
+    def _spawn(self) -> _Slot:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=_worker_main, args=(child, self.task_ref, self.threads), daemon=True
+        )
+        proc.start()
+        child.close()
+        return _Slot(proc, parent)
+
+    def start(self) -> None:
+        if not self._slots:
+            self._slots = [self._spawn() for _ in range(self.workers)]
+
+    def pids(self) -> list[int]:
+        return [s.process.pid for s in self._slots]
+
+    def submit(self, spec: SegmentSpec) -> None:
+        self.start()
+        free = [i for i, s in enumerate(self._slots) if s.spec is None]
+        if not free:
+            raise RuntimeError("submit() beyond capacity")
+        last = self._last_slot.get(spec.worker)
+        i = last if last in free else free[0]
+        slot = self._slots[i]
+        slot.conn.send(("run", spec))
+        slot.spec, slot.started = spec, time.monotonic()
+        self._last_slot[spec.worker] = i
+
+    def _fail(self, i: int, why: str) -> SegmentResult:
+        slot = self._slots[i]
+        spec = slot.spec
+        assert spec is not None
+        if slot.process.is_alive():
+            slot.process.kill()
+        slot.process.join(timeout=5)
+        slot.conn.close()
+        self._slots[i] = self._spawn()
+        self.restarts += 1
+        for w, s in list(self._last_slot.items()):
+            if s == i:
+                del self._last_slot[w]
+        return SegmentResult(
+            spec.worker, spec.segment, spec.epoch, (), spec.start_step, None, None, error=why
+        )
+
+    def poll(self, timeout: float | None) -> list[SegmentResult]:
+        busy = [i for i, s in enumerate(self._slots) if s.spec is not None]
+        if not busy:
+            return []
+        if self.segment_timeout_s is not None:
+            now = time.monotonic()
+            left = min(self._slots[i].started + self.segment_timeout_s - now for i in busy)
+            timeout = max(0.0, left) if timeout is None else max(0.0, min(timeout, left))
+        waitables: list[Any] = []
+        for i in busy:
+            waitables += [self._slots[i].conn, self._slots[i].process.sentinel]
+        ready = set(wait(waitables, timeout))
+        results: list[SegmentResult] = []
+        for i in busy:
+            slot = self._slots[i]
+            assert slot.spec is not None
+            if slot.conn in ready:
+                try:
+                    results.append(slot.conn.recv())
+                    slot.spec = None
+                    continue
+                except (EOFError, OSError):
+                    pass
+            if slot.conn in ready or slot.process.sentinel in ready:
+                code = slot.process.exitcode
+                results.append(self._fail(i, f"worker process died (exit code {code})"))
+            elif (
+                self.segment_timeout_s is not None
+                and time.monotonic() - slot.started > self.segment_timeout_s
+            ):
+                results.append(
+                    self._fail(i, f"segment timed out after {self.segment_timeout_s:g} s")
+                )
+        return results
+
+    def cancel(self, worker: int) -> None:
+        i = self._last_slot.pop(worker, None)
+        if i is not None and self._slots[i].spec is None:
+            self._slots[i].conn.send(("forget", worker))
+
+    def peak_rss_bytes(self) -> int:
+        """Sum of peak resident memory (VmHWM) of this process and its live workers."""
+        total = 0
+        for pid in [os.getpid(), *self.pids()]:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            total += int(line.split()[1]) * 1024
+            except OSError:
+                pass
+        return total
+
+    def close(self) -> None:
+        for slot in self._slots:
+            try:
+                slot.conn.send(("stop", None))
+            except (OSError, BrokenPipeError):
+                pass
+        for slot in self._slots:
+            slot.process.join(timeout=2)
+            if slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join(timeout=2)
+            slot.conn.close()
+        self._slots = []

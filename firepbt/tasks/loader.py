@@ -1,0 +1,55 @@
+"""Resolve a task given as ``file.py:Name`` or ``module:Name``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from firepbt.errors import ConfigError
+
+# Short names for the shipped example tasks, so `firepbt run quadratic` works.
+BUILTIN = {
+    "quadratic": "firepbt.tasks.toys:QuadraticToy",
+    "moving": "firepbt.tasks.toys:MovingOptimumToy",
+    "plain": "firepbt.tasks.toys:PlainToy",
+    "deceptive": "firepbt.tasks.toys:DeceptiveToy",
+    "nqm": "firepbt.tasks.nqm:NQM",
+    "fmnist": "firepbt.tasks.fmnist:FashionMNISTMLP",
+    "fmnist-cnn": "firepbt.tasks.fmnist:FashionMNISTCNN",
+    "teacher-student": "firepbt.tasks.teacher_student:TeacherStudent",
+    "sleep": "firepbt.tasks.sleep:SleepTask",
+}
+
+
+def load_object(ref: str) -> Any:
+    """Import ``file.py:Name`` / ``module:Name`` / a builtin short name; ConfigError if not."""
+    ref = BUILTIN.get(ref, ref)
+    if ":" not in ref:
+        raise ConfigError(
+            f"task {ref!r}: expected 'file.py:Name', 'module:Name' or one of {sorted(BUILTIN)}"
+        )
+    where, name = ref.rsplit(":", 1)
+    try:
+        if where.endswith(".py"):
+            path = Path(where).resolve()
+            if not path.exists():
+                raise ConfigError(f"task {ref!r}: file {str(path)!r} does not exist")
+            mod_name = f"firepbt_user_{path.stem}_{abs(hash(str(path)))}"
+            module = sys.modules.get(mod_name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(mod_name, path)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[mod_name] = module
+                spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ImportError as exc:
+        raise ConfigError(f"task {ref!r}: cannot import {where!r}: {exc}") from exc
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise ConfigError(f"task {ref!r}: {where!r} has no attribute {name!r}") from None
