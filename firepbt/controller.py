@@ -1,0 +1,749 @@
+"""The controller: the event loop that asks the algorithm and carries out its decisions.
+
+Every finished segment is handled in one store transaction: the new checkpoint record, its curve
+points, the algorithm's decisions, the lineage events, the next segments and the random
+generator's state commit together. A controller killed at any point therefore resumes from the
+last commit: each decision is applied exactly once, and segments that were in flight re-run
+from their recorded start checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from firepbt.algorithms import Algorithm, algorithm_from_config
+from firepbt.algorithms.base import (
+    Continue,
+    Decision,
+    Exploit,
+    FitnessTable,
+    SetFitness,
+    Snapshot,
+    StartEvaluator,
+    StopEvaluator,
+    Transfer,
+    WorkerView,
+)
+from firepbt.checkpoints import CheckpointDir, collectable
+from firepbt.errors import ConfigError
+from firepbt.executors.base import Executor
+from firepbt.faults import crash_point
+from firepbt.space import Space, explore
+from firepbt.store.base import (
+    ACTIVE,
+    CANCELLED,
+    COMPLETED,
+    DONE,
+    EVALUATOR,
+    FAILED,
+    IDLE,
+    MEMBER,
+    PENDING,
+    SEG_FAILED,
+    CheckpointRecord,
+    EventRecord,
+    LockHolder,
+    MetricRow,
+    SegmentRecord,
+    Store,
+    WorkerRecord,
+)
+from firepbt.trainable import SegmentResult, SegmentSpec
+
+log = logging.getLogger("firepbt")
+
+MODES = ("async", "sync")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of one run, validated at construction (stored with the experiment)."""
+
+    steps: int
+    interval: int
+    eval_every: int | None = None  # default: interval // 10 (at least 1)
+    seed: int = 0
+    mode: str = "async"
+    max_failures: int = 3
+    keep_checkpoints: int = 2
+    segment_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        need(_is_int(self.steps) and self.steps >= 1, f"steps={self.steps!r}: must be an int >= 1")
+        need(
+            _is_int(self.interval) and 1 <= self.interval <= self.steps,
+            f"interval={self.interval!r}: must be an int in [1, steps={self.steps}]",
+        )
+        if self.eval_every is None:
+            object.__setattr__(self, "eval_every", max(1, self.interval // 10))
+        need(
+            _is_int(self.eval_every) and 1 <= self.eval_every <= self.interval,  # type: ignore[operator]
+            f"eval_every={self.eval_every!r}: must be an int in [1, interval={self.interval}]",
+        )
+        need(_is_int(self.seed), f"seed={self.seed!r}: must be an int")
+        need(self.mode in MODES, f"mode={self.mode!r}: must be one of {', '.join(MODES)}")
+        need(
+            _is_int(self.max_failures) and self.max_failures >= 1,
+            f"max_failures={self.max_failures!r}: must be an int >= 1",
+        )
+        need(
+            _is_int(self.keep_checkpoints) and self.keep_checkpoints >= 0,
+            f"keep_checkpoints={self.keep_checkpoints!r}: must be an int >= 0",
+        )
+        need(
+            self.segment_timeout_s is None or self.segment_timeout_s > 0,
+            f"segment_timeout_s={self.segment_timeout_s!r}: must be > 0 or None",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _now_holder() -> LockHolder:
+    return LockHolder(os.getpid(), socket.gethostname(), time.time(), uuid.uuid4().hex)
+
+
+class Controller:
+    """Runs one experiment on a store; ``step()`` handles one event, ``run()`` loops.
+
+    A store that already holds the experiment is resumed: the algorithm, space and settings come
+    from the store (passing different ones raises ``ConfigError``, never a silent fallback).
+    """
+
+    LOCK_STALE_S = 60.0
+    LOCK_REFRESH_S = 10.0
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        executor: Executor,
+        checkpoint_root: str | Path,
+        task_ref: str | None = None,
+        space: Space | None = None,
+        algorithm: Algorithm | None = None,
+        config: RunConfig | None = None,
+        init_space: Space | None = None,
+        clock: Callable[[], float] = time.time,
+        on_event: Callable[[Controller], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.ckpt = CheckpointDir(checkpoint_root)
+        self.clock = clock
+        self.on_event = on_event
+        self.holder = _now_holder()
+        self._last_refresh = 0.0
+        store.acquire_lock(self.holder, self.LOCK_STALE_S, time.time())
+        try:
+            existing = store.experiment()
+            if existing is None:
+                if space is None or algorithm is None or config is None:
+                    raise ConfigError(
+                        f"store {store.url!r} holds no experiment: space, algorithm and "
+                        "config are needed to start one"
+                    )
+                self._create(task_ref, space, algorithm, config, init_space or space)
+            else:
+                self._load(existing, task_ref, space, algorithm, config)
+        except BaseException:
+            store.release_lock(self.holder)
+            raise
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _create(
+        self,
+        task_ref: str | None,
+        space: Space,
+        algorithm: Algorithm,
+        config: RunConfig,
+        init_space: Space,
+    ) -> None:
+        algorithm.validate(config.interval, config.eval_every or 1, config.steps)
+        self.space, self.algorithm, self.config = space, algorithm, config
+        self.rng = np.random.default_rng(config.seed)
+        self.tick = 0
+        self.workers: dict[int, WorkerRecord] = {}
+        self.curves: dict[int, list[float | None]] = {}
+        self.segs: dict[int, SegmentRecord] = {}
+        self._dirty: set[int] = set()
+        with self.store.transaction():
+            self.store.create_experiment(
+                {
+                    "task": task_ref,
+                    "space": space.to_json(),
+                    "algorithm": algorithm.to_config(),
+                    "config": config.to_json(),
+                    "created": self.clock(),
+                }
+            )
+            for wid, role in enumerate(algorithm.topology()):
+                if role.role == MEMBER:
+                    hp = init_space.sample(self.rng)
+                    rec = WorkerRecord(wid, MEMBER, role.subpop, hp, 0, None)
+                    self._event("init", wid, 0, new_hparams=hp)
+                else:
+                    rec = WorkerRecord(wid, EVALUATOR, role.subpop, {}, 0, None, status=IDLE)
+                self.workers[wid] = rec
+                self.curves[wid] = []
+                self._dirty.add(wid)
+            for wid, rec in self.workers.items():
+                if rec.status == ACTIVE:
+                    self._schedule(wid)
+            self.store.put_state("status", "running")
+            self._persist()
+
+    def _load(
+        self,
+        existing: Mapping[str, Any],
+        task_ref: str | None,
+        space: Space | None,
+        algorithm: Algorithm | None,
+        config: RunConfig | None,
+    ) -> None:
+        stored_alg = algorithm_from_config(existing["algorithm"])
+        stored_cfg = RunConfig(**existing["config"])
+        stored_space = Space.from_json(existing["space"])
+        for given, stored, what in (
+            (algorithm, stored_alg, "algorithm"),
+            (config, stored_cfg, "run settings"),
+        ):
+            if given is not None and _as_json(given) != _as_json(stored):
+                raise ConfigError(
+                    f"store {self.store.url!r} holds an experiment with different {what}: "
+                    f"stored {_as_json(stored)}, given {_as_json(given)}; resume without "
+                    "passing them, or use a new store"
+                )
+        if space is not None and space.to_json() != stored_space.to_json():
+            raise ConfigError(
+                f"store {self.store.url!r} holds an experiment with a different search space"
+            )
+        if task_ref is not None and existing.get("task") not in (None, task_ref):
+            raise ConfigError(
+                f"store {self.store.url!r} was created for task {existing.get('task')!r}, "
+                f"not {task_ref!r}"
+            )
+        self.space, self.algorithm, self.config = stored_space, stored_alg, stored_cfg
+        self.rng = np.random.default_rng()
+        self.rng.bit_generator.state = self.store.get_state("rng")
+        self.tick = int(self.store.get_state("tick", 0))
+        self.workers = {w.id: w for w in self.store.workers()}
+        self.curves = {wid: list(self.store.get_state(f"curve/{wid}", [])) for wid in self.workers}
+        self._dirty = set()
+        # Segments that were pending or in flight when the last controller stopped re-run
+        # from their recorded start checkpoint, under a new lease.
+        self.segs = {}
+        with self.store.transaction():
+            for seg in self.store.segments(status=PENDING):
+                seg = replace(seg, epoch=seg.epoch + 1)
+                self.store.put_segment(seg)
+                self.segs[seg.id] = seg
+            self.store.put_state("status", "running")
+
+    # -- public loop -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Prepare to run: clean orphaned checkpoint writes, start the executor."""
+        known = {c.id for c in self.store.checkpoints(include_deleted=True)}
+        self.ckpt.clean_orphans()
+        for cid in self.ckpt.ids():
+            if cid not in known:  # written by a segment whose result was never committed
+                self.ckpt.delete(self.ckpt.path_for(cid))
+        self.pending: deque[int] = deque(sorted(self.segs))
+        self.inflight: set[int] = set()
+        self.waiting: set[int] = set()
+        self._views: dict[int, WorkerView] = {}
+        self._tables: dict[int, tuple[dict[int, int], np.ndarray, np.ndarray]] = {}
+        for wid in self.workers:
+            self._refresh_view(wid)
+        self._build_tables()
+        # Live (not yet garbage-collected) checkpoints: id -> (writer, step).
+        self._live = {c.id: (c.worker, c.step) for c in self.store.checkpoints()}
+        self.executor.start()
+
+    def finished(self) -> bool:
+        return not self.pending and not self.inflight
+
+    def step(self, timeout: float | None = None) -> bool:
+        """Dispatch work, wait for one batch of results and handle them.
+
+        Returns False once the run is finished.
+        """
+        if not hasattr(self, "pending"):
+            self.start()
+        self._refresh_lock()
+        self._dispatch()
+        if self.finished():
+            self._finish()
+            return False
+        for result in self.executor.poll(timeout):
+            self._handle(result)
+            if self.on_event is not None:
+                self.on_event(self)
+        self._dispatch()
+        if self.finished():
+            self._finish()
+            return False
+        return True
+
+    def run(self) -> None:
+        """Loop over ``step()`` until done. Ctrl-C leaves a resumable store."""
+        try:
+            while self.step(timeout=1.0):
+                pass
+        except KeyboardInterrupt:
+            self.store.put_state("status", "stopped")
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.executor.close()
+        self.store.release_lock(self.holder)
+
+    # -- progress ----------------------------------------------------------------------------
+
+    def progress(self) -> tuple[int, int]:
+        """(member steps done, member steps in total)."""
+        members = [w for w in self.workers.values() if w.role == MEMBER]
+        done = sum(min(w.step, self.config.steps) for w in members)
+        return done, len(members) * self.config.steps
+
+    def best(self) -> tuple[int, float] | None:
+        """The P1 member with the highest latest metric, and that metric."""
+        best: tuple[int, float] | None = None
+        for w in self.workers.values():
+            if w.role == MEMBER and w.subpop == 1:
+                f = self._views[w.id].last_metric()
+                if f is not None and (best is None or f > best[1]):
+                    best = (w.id, f)
+        return best
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _refresh_lock(self) -> None:
+        now = time.time()
+        if now - self._last_refresh >= self.LOCK_REFRESH_S:
+            self.store.refresh_lock(self.holder, now)
+            self._last_refresh = now
+
+    def _seed(self, wid: int) -> int:
+        ss = np.random.SeedSequence(self.config.seed, spawn_key=(wid,))
+        return int(ss.generate_state(1)[0])
+
+    def _schedule(self, wid: int) -> None:
+        """Create the next segment of ``wid`` (pending until dispatched)."""
+        w = self.workers[wid]
+        if w.role == MEMBER and w.step >= self.config.steps:
+            self.workers[wid] = replace(w, status=DONE)
+            self._dirty.add(wid)
+            return
+        end = w.step + self.config.interval
+        if w.role == MEMBER:
+            end = min(end, self.config.steps)
+        seg = SegmentRecord(
+            id=self.store.next_id("segment"),
+            worker=wid,
+            epoch=0,
+            start_step=w.step,
+            end_step=end,
+            from_checkpoint=w.checkpoint,
+            hparams=dict(w.hparams),
+            to_checkpoint=self.store.next_id("checkpoint"),
+        )
+        self.store.put_segment(seg)
+        self.segs[seg.id] = seg
+        if hasattr(self, "pending"):
+            self.pending.append(seg.id)
+
+    def _cancel_segments(self, wid: int) -> None:
+        """Drop pending and in-flight work of ``wid`` (its weights were replaced)."""
+        for sid, seg in list(self.segs.items()):
+            if seg.worker == wid:
+                self.store.put_segment(replace(seg, status=CANCELLED))
+                del self.segs[sid]
+                if sid in self.pending:
+                    self.pending.remove(sid)
+                # An in-flight result will find no segment and be rejected as stale.
+                self.inflight.discard(sid)
+        self.waiting.discard(wid)
+
+    def _dispatch(self) -> None:
+        while self.pending and len(self.inflight) < self.executor.capacity:
+            sid = self.pending.popleft()
+            seg = self.segs[sid]
+            path = checksum = None
+            if seg.from_checkpoint is not None:
+                rec = self.store.checkpoint(seg.from_checkpoint)
+                path, checksum = rec.path, rec.checksum
+            assert seg.to_checkpoint is not None
+            spec = SegmentSpec(
+                worker=seg.worker,
+                segment=seg.id,
+                epoch=seg.epoch,
+                hparams=dict(seg.hparams),
+                seed=self._seed(seg.worker),
+                start_step=seg.start_step,
+                steps=seg.end_step - seg.start_step,
+                eval_every=self.config.eval_every or 1,
+                load_checkpoint=seg.from_checkpoint,
+                load_path=path,
+                load_checksum=checksum,
+                save_checkpoint=seg.to_checkpoint,
+                checkpoint_root=str(self.ckpt.root),
+                timeout_s=self.config.segment_timeout_s,
+            )
+            self.inflight.add(sid)
+            self.executor.submit(spec)
+
+    def _handle(self, r: SegmentResult) -> None:
+        seg = self.segs.get(r.segment)
+        self.inflight.discard(r.segment)
+        if seg is None or seg.epoch != r.epoch:
+            log.warning(
+                "rejected a stale result for worker %d segment %d (epoch %d)",
+                r.worker, r.segment, r.epoch,
+            )
+            if r.checkpoint_path is not None:
+                self.ckpt.delete(r.checkpoint_path)
+            return
+        crash_point("controller.before_commit")
+        with self.store.transaction():
+            if r.error is not None:
+                self._failed_segment(seg, r.error)
+            else:
+                self._completed_segment(seg, r)
+            self._persist()
+        crash_point("controller.after_commit")
+        self._collect_garbage()
+
+    def _completed_segment(self, seg: SegmentRecord, r: SegmentResult) -> None:
+        assert r.checkpoint_path is not None and r.checksum is not None
+        assert seg.to_checkpoint is not None
+        now = self.clock()
+        self.store.add_checkpoint(
+            CheckpointRecord(
+                seg.to_checkpoint, seg.worker, r.end_step, r.checkpoint_path, r.checksum,
+                dict(seg.hparams), seg.from_checkpoint, now,
+            )
+        )
+        self._live[seg.to_checkpoint] = (seg.worker, r.end_step)
+        self.store.add_metrics(
+            [MetricRow(seg.worker, seg.id, s, v, now) for s, v in r.points]
+        )
+        self.store.put_segment(replace(seg, status=COMPLETED))
+        del self.segs[seg.id]
+        w = self.workers[seg.worker]
+        self.workers[w.id] = replace(w, step=r.end_step, checkpoint=seg.to_checkpoint)
+        self.curves[w.id].extend(v for _, v in r.points)
+        self._touch(w.id)
+        self._ready(w.id)
+
+    def _failed_segment(self, seg: SegmentRecord, error: str) -> None:
+        w = self.workers[seg.worker]
+        attempts = seg.attempts + 1
+        self.workers[w.id] = w = replace(w, failures=w.failures + 1)
+        self._dirty.add(w.id)
+        self._event("failure", w.id, seg.start_step, info={"attempt": attempts, "error": error})
+        log.warning("worker %d failed segment %d (attempt %d): %s", w.id, seg.id, attempts,
+                    error.strip().splitlines()[-1] if error.strip() else error)
+        if attempts < self.config.max_failures:
+            # Transient: re-run the same segment from its start checkpoint under a new lease.
+            retry = replace(
+                seg, epoch=seg.epoch + 1, attempts=attempts, error=error,
+                to_checkpoint=self.store.next_id("checkpoint"),
+            )
+            self.store.put_segment(retry)
+            self.segs[seg.id] = retry
+            self.pending.append(seg.id)
+            return
+        self.store.put_segment(replace(seg, status=SEG_FAILED, attempts=attempts, error=error))
+        del self.segs[seg.id]
+        if w.role == EVALUATOR:
+            self._apply(StopEvaluator(w.id, "failed"))
+            return
+        self._replace_failed(w, error)
+
+    def _replace_failed(self, w: WorkerRecord, error: str) -> None:
+        """Persistent failure: mark failed, then restart the member from the best peer."""
+        peers = [
+            p for p in self.workers.values()
+            if p.role == MEMBER and p.subpop == w.subpop and p.id != w.id
+            and p.checkpoint is not None and p.status in (ACTIVE, DONE)
+            and self._views[p.id].last_metric() is not None
+        ]
+        if not peers:
+            self.workers[w.id] = replace(w, status=FAILED)
+            self._dirty.add(w.id)
+            self._event("failed", w.id, w.step, info={"error": error})
+            return
+        donor = max(peers, key=lambda p: (self._views[p.id].last_metric(), -p.id))
+        new_hp, ops = explore(self.space, donor.hparams, self.rng,
+                              self.algorithm.explore_config())
+        assert donor.checkpoint is not None
+        self._overwrite(w.id, donor.checkpoint, new_hp, curve=[])
+        self._event(
+            "replace", w.id, donor.step, donor=donor.id, donor_checkpoint=donor.checkpoint,
+            old_hparams=w.hparams, new_hparams=new_hp, info={"ops": ops, "error": error},
+        )
+        self.workers[w.id] = replace(self.workers[w.id], failures=0)
+        self._schedule(w.id)
+
+    def _ready(self, wid: int) -> None:
+        if self.config.mode == "async":
+            self._decide([wid])
+            return
+        self.waiting.add(wid)
+        busy = {self.segs[s].worker for s in self.segs}
+        if not busy:
+            ready = sorted(self.waiting)
+            self.waiting.clear()
+            self._decide(ready)
+
+    def _decide(self, ready: list[int]) -> None:
+        idle = [w.id for w in self.workers.values() if w.role == EVALUATOR and w.status == IDLE]
+        if self._members_done():
+            idle = []
+        snapshot = Snapshot(
+            workers=MappingProxyType(self._views),
+            ready=tuple(ready) + tuple(i for i in idle if i not in ready),
+            tick=self.tick,
+            space=self.space,
+            interval=self.config.interval,
+            total_steps=self.config.steps,
+            tables=self._snapshot_tables(),
+        )
+        decisions = self.algorithm.decide(snapshot, self.rng)
+        self.tick += 1
+        decided: set[int] = set()
+        for d in decisions:
+            self._apply(d)
+            if not isinstance(d, SetFitness):
+                decided.add(d.worker)
+        for wid in ready:
+            if wid not in decided:
+                self._apply(Continue(wid))
+        crash_point("controller.after_decision")
+        if self._members_done():
+            self._stop_all_evaluators()
+
+    def _members_done(self) -> bool:
+        return all(
+            w.status in (DONE, FAILED) for w in self.workers.values() if w.role == MEMBER
+        )
+
+    def _stop_all_evaluators(self) -> None:
+        for w in list(self.workers.values()):
+            if w.role == EVALUATOR and w.status == ACTIVE:
+                self._apply(StopEvaluator(w.id, "end"))
+
+    def _apply(self, d: Decision) -> None:
+        w = self.workers[d.worker]
+        if isinstance(d, Continue):
+            if w.status in (ACTIVE,) and not any(s.worker == w.id for s in self.segs.values()):
+                self._schedule(w.id)
+        elif isinstance(d, Exploit):
+            donor_ckpt = self.store.checkpoint(d.donor_checkpoint)
+            if donor_ckpt.deleted or not Path(donor_ckpt.path).exists():
+                # A pinned version should never be gone; if it is, skip rather than load garbage.
+                self._event("exploit_skipped", w.id, w.step, donor=d.donor,
+                            donor_checkpoint=d.donor_checkpoint,
+                            info={"why": "donor checkpoint missing"})
+                self._apply(Continue(w.id))
+                return
+            crash_point("exploit.copy")
+            self._overwrite(w.id, d.donor_checkpoint, d.new_hparams, curve=[])
+            self._event(
+                "exploit", w.id, donor_ckpt.step, donor=d.donor,
+                donor_checkpoint=d.donor_checkpoint, old_hparams=w.hparams,
+                new_hparams=d.new_hparams,
+                info={"ops": dict(d.ops), "fitness": _num(d.fitness),
+                      "donor_fitness": _num(d.donor_fitness)},
+            )
+            self._schedule(w.id)
+        elif isinstance(d, StartEvaluator):
+            parent_ckpt = self.store.checkpoint(d.parent_checkpoint)
+            crash_point("evaluator.start")
+            info = {
+                "parent": d.parent,
+                "child": d.child,
+                "parent_overwrites": self.workers[d.parent].overwrites,
+                "child_overwrites": self.workers[d.child].overwrites,
+                "start_step": parent_ckpt.step,
+                "started_tick": self.tick,
+            }
+            self.workers[w.id] = replace(
+                w, status=ACTIVE, hparams=dict(d.hparams), subpop=self.workers[d.parent].subpop,
+                info=info,
+            )
+            self._overwrite(w.id, d.parent_checkpoint, d.hparams, curve=[])
+            parent = self.workers[d.parent]
+            self.workers[d.parent] = replace(
+                parent, info={**parent.info, "last_evaluated": self.tick}
+            )
+            self._touch(d.parent)
+            self._event("start_evaluator", w.id, parent_ckpt.step, donor=d.parent,
+                        donor_checkpoint=d.parent_checkpoint, new_hparams=d.hparams,
+                        info={"child": d.child})
+            self._schedule(w.id)
+        elif isinstance(d, StopEvaluator):
+            self._cancel_segments(w.id)
+            self.workers[w.id] = replace(w, status=IDLE)
+            self._touch(w.id)
+            self._event("stop_evaluator", w.id, w.step,
+                        info={"reason": d.reason, "p_value": _num(d.p_value),
+                              "delta": _num(d.delta), **dict(w.info)})
+        elif isinstance(d, Transfer):
+            child = self.workers[d.child]
+            self._cancel_segments(child.id)
+            self.executor.cancel(child.id)
+            self._overwrite(child.id, d.checkpoint, child.hparams, curve=list(self.curves[w.id]))
+            self._event(
+                "transfer", child.id, self.store.checkpoint(d.checkpoint).step, donor=d.parent,
+                donor_checkpoint=d.checkpoint, old_hparams=child.hparams,
+                new_hparams=child.hparams,
+                info={"evaluator": w.id, "p_value": d.p_value, "delta": d.delta},
+            )
+            if child.status in (ACTIVE, DONE):
+                self.workers[child.id] = replace(self.workers[child.id], status=ACTIVE)
+                self._schedule(child.id)
+            self._apply(StopEvaluator(w.id, "success", d.p_value, d.delta))
+        elif isinstance(d, SetFitness):
+            self.workers[w.id] = replace(w, info={**w.info, "fire_fitness": _num(d.value)})
+            self._touch(w.id)
+        else:  # pragma: no cover - a new decision type without a handler is a bug
+            raise TypeError(f"unknown decision {d!r}")
+
+    def _overwrite(
+        self, wid: int, checkpoint: int, hparams: Mapping[str, Any], curve: list[float | None]
+    ) -> None:
+        """Point ``wid`` at an immutable checkpoint (by reference: no bytes copied)."""
+        rec = self.store.checkpoint(checkpoint)
+        w = self.workers[wid]
+        self.workers[wid] = replace(
+            w, checkpoint=checkpoint, step=rec.step, hparams=dict(hparams),
+            overwrites=w.overwrites + 1,
+        )
+        self.curves[wid] = curve
+        self._touch(wid)
+
+    def _event(self, kind: str, worker: int, step: int, **kw: Any) -> None:
+        self.store.add_event(EventRecord(0, kind, worker, step, self.clock(), **kw))
+
+    def _touch(self, wid: int) -> None:
+        self._dirty.add(wid)
+        if hasattr(self, "_views"):
+            self._refresh_view(wid)
+            self._update_table(wid)
+
+    def _refresh_view(self, wid: int) -> None:
+        w = self.workers[wid]
+        self._views[wid] = WorkerView(
+            w.id, w.role, w.subpop, MappingProxyType(dict(w.hparams)), w.step, w.checkpoint,
+            tuple(self.curves[wid]), w.overwrites, w.status, MappingProxyType(dict(w.info)),
+        )
+
+    def _build_tables(self) -> None:
+        by_k: dict[int, list[int]] = {}
+        for w in self.workers.values():
+            if w.role == MEMBER:
+                by_k.setdefault(w.subpop, []).append(w.id)
+        for k, ids in by_k.items():
+            ids.sort()
+            index = {wid: i for i, wid in enumerate(ids)}
+            vals = np.full(len(ids), np.nan)
+            self._tables[k] = (index, np.asarray(ids, dtype=np.int64), vals)
+            for wid in ids:
+                self._update_table(wid)
+
+    def _update_table(self, wid: int) -> None:
+        w = self.workers[wid]
+        if w.role != MEMBER or w.subpop not in self._tables:
+            return
+        index, _, vals = self._tables[w.subpop]
+        f = self._views[wid].last_metric() if w.status in (ACTIVE, DONE) else None
+        vals[index[wid]] = np.nan if f is None else f
+
+    def _snapshot_tables(self) -> dict[int, FitnessTable]:
+        out = {}
+        for k, (_, ids, vals) in self._tables.items():
+            active = np.array(
+                [self.workers[int(i)].status in (ACTIVE, DONE) for i in ids], dtype=bool
+            ) if any(self.workers[int(i)].status == FAILED for i in ids) else None
+            if active is None:
+                out[k] = FitnessTable(ids, vals.copy())
+            else:
+                out[k] = FitnessTable(ids[active], vals[active].copy())
+        return out
+
+    def _persist(self) -> None:
+        for wid in sorted(self._dirty):
+            self.store.put_worker(self.workers[wid])
+            self.store.put_state(f"curve/{wid}", self.curves[wid])
+        self._dirty.clear()
+        self.store.put_state("rng", self.rng.bit_generator.state)
+        self.store.put_state("tick", self.tick)
+
+    def _collect_garbage(self) -> None:
+        """Delete checkpoints nobody can need: never a current or pending-source one."""
+        pinned = {w.checkpoint for w in self.workers.values() if w.checkpoint is not None}
+        pinned |= {s.from_checkpoint for s in self.segs.values() if s.from_checkpoint is not None}
+        live = [(cid, writer, step) for cid, (writer, step) in self._live.items()]
+        doomed = collectable(live, pinned, self.config.keep_checkpoints)
+        if not doomed:
+            return
+        with self.store.transaction():
+            for cid in doomed:
+                self.store.mark_checkpoint_deleted(cid)
+        # Files go after the records: a crash in between leaves orphan files that the next
+        # start removes, never a record pointing at missing files.
+        for cid in doomed:
+            self.ckpt.delete(self.ckpt.path_for(cid))
+            del self._live[cid]
+
+    def _finish(self) -> None:
+        if self.store.get_state("status") != "finished":
+            with self.store.transaction():
+                self.store.put_state("status", "finished")
+
+
+def _num(x: float | None) -> float | None:
+    """JSON-safe float: NaN/inf become None."""
+    if x is None or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def _as_json(obj: Any) -> Any:
+    if hasattr(obj, "to_config"):
+        return obj.to_config()
+    return obj.to_json()
+
+
+def iter_lineage_events(store: Store, kinds: Iterable[str] = ("exploit", "transfer", "replace")
+                        ) -> list[EventRecord]:
+    """Lineage events (with donors) in order."""
+    wanted = set(kinds)
+    return [e for e in store.events() if e.kind in wanted]

@@ -1,0 +1,144 @@
+"""Read-only queries over a finished (or running) experiment: best member, schedules, lineage."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from firepbt.store.base import MEMBER, EventRecord, Store
+
+LINEAGE_KINDS = ("exploit", "transfer", "replace")
+
+
+@dataclass(frozen=True)
+class SchedulePiece:
+    """Hyperparameters used from ``start_step`` to ``end_step`` by ``worker``'s weights."""
+
+    start_step: int
+    end_step: int
+    worker: int
+    hparams: dict[str, Any]
+
+
+class Result:
+    """Queries over a store. Cheap to build; every method reads the store afresh."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @property
+    def experiment(self) -> dict[str, Any]:
+        exp = self.store.experiment()
+        if exp is None:
+            raise KeyError(f"store {self.store.url!r} holds no experiment")
+        return exp
+
+    def status(self) -> str:
+        return str(self.store.get_state("status", "unknown"))
+
+    def final_metrics(self, subpop: int | None = 1) -> dict[int, float | None]:
+        """Latest valid metric of every member (of sub-population ``subpop``; None = all)."""
+        out: dict[int, float | None] = {}
+        curves = self.curves()
+        for w in self.store.workers():
+            if w.role != MEMBER or (subpop is not None and w.subpop != subpop):
+                continue
+            vals = [v for _, v in self.current_curve(w.id, curves) if v is not None]
+            out[w.id] = vals[-1] if vals else None
+        return out
+
+    @property
+    def best(self) -> int | None:
+        """The member of P1 with the highest latest metric (the run's answer)."""
+        finals = {k: v for k, v in self.final_metrics().items() if v is not None}
+        if not finals:
+            return None
+        return max(finals, key=lambda k: (finals[k], -k))
+
+    @property
+    def best_metric(self) -> float | None:
+        b = self.best
+        return None if b is None else self.final_metrics()[b]
+
+    def curves(self) -> dict[int, list[tuple[int, float | None]]]:
+        """Every point each worker recorded, as (step, value), by worker."""
+        out: dict[int, list[tuple[int, float | None]]] = defaultdict(list)
+        for row in self.store.metrics():
+            out[row.worker].append((row.step, row.value))
+        return dict(out)
+
+    def current_curve(
+        self, worker: int, curves: dict[int, list[tuple[int, float | None]]] | None = None
+    ) -> list[tuple[int, float | None]]:
+        """The points recorded along ``worker``'s current lineage (its weights' history)."""
+        pieces = self.schedule(worker)
+        curves = self.curves() if curves is None else curves
+        points: list[tuple[int, float | None]] = []
+        for p in pieces:
+            points += [(s, v) for s, v in curves.get(p.worker, [])
+                       if p.start_step < s <= p.end_step]
+        # A worker may have recorded the same step twice across lineages; keep the lineage's.
+        seen: dict[int, float | None] = {}
+        for s, v in points:
+            seen[s] = v
+        return sorted(seen.items())
+
+    def schedule(self, worker: int) -> list[SchedulePiece]:
+        """Hyperparameters over steps along ``worker``'s lineage, oldest first.
+
+        Follows the parent links of the checkpoints its current weights descend from, across
+        exploits and FIRE transfers, so the schedule is what the weights were actually trained
+        with.
+        """
+        w = self.store.worker(worker)
+        chain = []
+        cid = w.checkpoint
+        while cid is not None:
+            rec = self.store.checkpoint(cid)
+            chain.append(rec)
+            cid = rec.parent
+        chain.reverse()
+        pieces = []
+        prev_step = 0
+        for rec in chain:
+            pieces.append(SchedulePiece(prev_step, rec.step, rec.worker, dict(rec.hparams)))
+            prev_step = rec.step
+        return _merge(pieces)
+
+    def lineage(self) -> list[EventRecord]:
+        """Exploit, transfer and replacement events, oldest first."""
+        return [e for e in self.store.events() if e.kind in LINEAGE_KINDS]
+
+    def events(self, kind: str | None = None) -> list[EventRecord]:
+        return self.store.events(kind=kind)
+
+    def summary(self) -> dict[str, Any]:
+        exp = self.experiment
+        best = self.best
+        return {
+            "status": self.status(),
+            "algorithm": exp["algorithm"]["name"],
+            "best": best,
+            "best_metric": self.best_metric,
+            "exploits": len(self.store.events(kind="exploit")),
+            "transfers": len(self.store.events(kind="transfer")),
+            "failures": len(self.store.events(kind="failure")),
+            "schedule": [p.__dict__ for p in self.schedule(best)] if best is not None else [],
+        }
+
+
+def _merge(pieces: list[SchedulePiece]) -> list[SchedulePiece]:
+    """Join consecutive pieces with equal hyperparameters and writer."""
+    out: list[SchedulePiece] = []
+    for p in pieces:
+        if out and out[-1].hparams == p.hparams and out[-1].worker == p.worker:
+            out[-1] = SchedulePiece(out[-1].start_step, p.end_step, p.worker, p.hparams)
+        else:
+            out.append(p)
+    return out
+
+
+def finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
