@@ -508,7 +508,11 @@ def test_reflect_that_overshoots_the_far_bound_stops_there() -> None:
 
 
 def test_int_rounds_away_from_the_current_value() -> None:
-    assert step(Int(1, 100), 5, up=True) == (6, "mul 1.2")  # 5 * 1.2 = 6.000000000000001
+    assert step(Int(1, 100), 5, up=True) == (6, "mul 1.2")
+    # Floating point lands just past the integer: 50 * 1.1 = 55.00000000000001 and
+    # 39 * (1 / 1.3) = 29.999999999999996; rounding away must not add a second step.
+    assert step(Int(1, 100), 50, up=True, factor=1.1) == (55, "mul 1.1")
+    assert step(Int(1, 100), 39, up=False, factor=1.3) == (30, "mul 0.7692")
     assert step(Int(1, 100), 3, up=True) == (4, "mul 1.2")  # 3.6 -> 4
     assert step(Int(1, 100), 3, up=False) == (2, "mul 0.8333")  # 2.5 -> 2
     assert step(Int(1, 100), 2, up=True) == (3, "mul 1.2")  # 2.4 would round back to 2
