@@ -16,6 +16,7 @@ import socket
 import time
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -272,15 +273,22 @@ class Controller:
             if cid not in known:  # written by a segment whose result was never committed
                 self.ckpt.delete(self.ckpt.path_for(cid))
         self.pending: deque[int] = deque(sorted(self.segs))
+        self._seg_of: dict[int, int] = {seg.worker: sid for sid, seg in self.segs.items()}
+        self._new_checkpoints = 0
         self.inflight: set[int] = set()
         self.waiting: set[int] = set()
         self._views: dict[int, WorkerView] = {}
         self._tables: dict[int, tuple[dict[int, int], np.ndarray, np.ndarray]] = {}
         for wid in self.workers:
             self._refresh_view(wid)
+        self._open_members = sum(
+            1 for w in self.workers.values() if w.role == MEMBER and w.status not in (DONE, FAILED)
+        )
         self._build_tables()
+        self._evaluators = sorted(w.id for w in self.workers.values() if w.role == EVALUATOR)
         # Live (not yet garbage-collected) checkpoints: id -> (writer, step).
         self._live = {c.id: (c.worker, c.step) for c in self.store.checkpoints()}
+        self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firepbt-gc")
         self.executor.start()
 
     def finished(self) -> bool:
@@ -321,6 +329,8 @@ class Controller:
 
     def close(self) -> None:
         self.executor.close()
+        if hasattr(self, "_deleter"):
+            self._deleter.shutdown(wait=True)
         self.store.release_lock(self.holder)
 
     # -- progress ----------------------------------------------------------------------------
@@ -358,7 +368,7 @@ class Controller:
         w = self.workers[wid]
         if w.role == MEMBER and w.step >= self.config.steps:
             self.workers[wid] = replace(w, status=DONE)
-            self._dirty.add(wid)
+            self._touch(wid)
             return
         end = w.step + self.config.interval
         if w.role == MEMBER:
@@ -377,17 +387,17 @@ class Controller:
         self.segs[seg.id] = seg
         if hasattr(self, "pending"):
             self.pending.append(seg.id)
+            self._seg_of[wid] = seg.id
 
     def _cancel_segments(self, wid: int) -> None:
         """Drop pending and in-flight work of ``wid`` (its weights were replaced)."""
-        for sid, seg in list(self.segs.items()):
-            if seg.worker == wid:
-                self.store.put_segment(replace(seg, status=CANCELLED))
-                del self.segs[sid]
-                if sid in self.pending:
-                    self.pending.remove(sid)
-                # An in-flight result will find no segment and be rejected as stale.
-                self.inflight.discard(sid)
+        sid = self._seg_of.pop(wid, None)
+        if sid is not None:
+            self.store.put_segment(replace(self.segs.pop(sid), status=CANCELLED))
+            if sid in self.pending:
+                self.pending.remove(sid)
+            # An in-flight result will find no segment and be rejected as stale.
+            self.inflight.discard(sid)
         self.waiting.discard(wid)
 
     def _dispatch(self) -> None:
@@ -437,7 +447,10 @@ class Controller:
                 self._completed_segment(seg, r)
             self._persist()
         crash_point("controller.after_commit")
-        self._collect_garbage()
+        # Amortised: collect once a quarter of the population has written new checkpoints.
+        if self._new_checkpoints > len(self.workers) // 4:
+            self._new_checkpoints = 0
+            self._collect_garbage()
 
     def _completed_segment(self, seg: SegmentRecord, r: SegmentResult) -> None:
         assert r.checkpoint_path is not None and r.checksum is not None
@@ -455,6 +468,8 @@ class Controller:
         )
         self.store.put_segment(replace(seg, status=COMPLETED))
         del self.segs[seg.id]
+        del self._seg_of[seg.worker]
+        self._new_checkpoints += 1
         w = self.workers[seg.worker]
         self.workers[w.id] = replace(w, step=r.end_step, checkpoint=seg.to_checkpoint)
         self.curves[w.id].extend(v for _, v in r.points)
@@ -481,6 +496,7 @@ class Controller:
             return
         self.store.put_segment(replace(seg, status=SEG_FAILED, attempts=attempts, error=error))
         del self.segs[seg.id]
+        del self._seg_of[seg.worker]
         if w.role == EVALUATOR:
             self._apply(StopEvaluator(w.id, "failed"))
             return
@@ -496,7 +512,7 @@ class Controller:
         ]
         if not peers:
             self.workers[w.id] = replace(w, status=FAILED)
-            self._dirty.add(w.id)
+            self._touch(w.id)
             self._event("failed", w.id, w.step, info={"error": error})
             return
         donor = max(peers, key=lambda p: (self._views[p.id].last_metric(), -p.id))
@@ -509,6 +525,7 @@ class Controller:
             old_hparams=w.hparams, new_hparams=new_hp, info={"ops": ops, "error": error},
         )
         self.workers[w.id] = replace(self.workers[w.id], failures=0)
+        self._touch(w.id)
         self._schedule(w.id)
 
     def _ready(self, wid: int) -> None:
@@ -516,16 +533,15 @@ class Controller:
             self._decide([wid])
             return
         self.waiting.add(wid)
-        busy = {self.segs[s].worker for s in self.segs}
-        if not busy:
+        if not self.segs:
             ready = sorted(self.waiting)
             self.waiting.clear()
             self._decide(ready)
 
     def _decide(self, ready: list[int]) -> None:
-        idle = [w.id for w in self.workers.values() if w.role == EVALUATOR and w.status == IDLE]
-        if self._members_done():
-            idle = []
+        idle = [] if self._members_done() else [
+            e for e in self._evaluators if self.workers[e].status == IDLE
+        ]
         snapshot = Snapshot(
             workers=MappingProxyType(self._views),
             ready=tuple(ready) + tuple(i for i in idle if i not in ready),
@@ -550,19 +566,17 @@ class Controller:
             self._stop_all_evaluators()
 
     def _members_done(self) -> bool:
-        return all(
-            w.status in (DONE, FAILED) for w in self.workers.values() if w.role == MEMBER
-        )
+        return self._open_members == 0
 
     def _stop_all_evaluators(self) -> None:
-        for w in list(self.workers.values()):
-            if w.role == EVALUATOR and w.status == ACTIVE:
-                self._apply(StopEvaluator(w.id, "end"))
+        for e in self._evaluators:
+            if self.workers[e].status == ACTIVE:
+                self._apply(StopEvaluator(e, "end"))
 
     def _apply(self, d: Decision) -> None:
         w = self.workers[d.worker]
         if isinstance(d, Continue):
-            if w.status in (ACTIVE,) and not any(s.worker == w.id for s in self.segs.values()):
+            if w.status == ACTIVE and w.id not in self._seg_of:
                 self._schedule(w.id)
         elif isinstance(d, Exploit):
             donor_ckpt = self.store.checkpoint(d.donor_checkpoint)
@@ -655,8 +669,17 @@ class Controller:
     def _touch(self, wid: int) -> None:
         self._dirty.add(wid)
         if hasattr(self, "_views"):
+            self._count_open(wid)
             self._refresh_view(wid)
             self._update_table(wid)
+
+    def _count_open(self, wid: int) -> None:
+        """Keep the number of members still training without a pass over the population."""
+        w = self.workers[wid]
+        was_open = self._views[wid].status not in (DONE, FAILED)
+        is_open = w.status not in (DONE, FAILED)
+        if w.role == MEMBER and was_open != is_open:
+            self._open_members += 1 if is_open else -1
 
     def _refresh_view(self, wid: int) -> None:
         w = self.workers[wid]
@@ -687,16 +710,8 @@ class Controller:
         vals[index[wid]] = np.nan if f is None else f
 
     def _snapshot_tables(self) -> dict[int, FitnessTable]:
-        out = {}
-        for k, (_, ids, vals) in self._tables.items():
-            active = np.array(
-                [self.workers[int(i)].status in (ACTIVE, DONE) for i in ids], dtype=bool
-            ) if any(self.workers[int(i)].status == FAILED for i in ids) else None
-            if active is None:
-                out[k] = FitnessTable(ids, vals.copy())
-            else:
-                out[k] = FitnessTable(ids[active], vals[active].copy())
-        return out
+        # A failed member keeps its slot with NaN fitness: it ranks last and is never a donor.
+        return {k: FitnessTable(ids, vals.copy()) for k, (_, ids, vals) in self._tables.items()}
 
     def _persist(self) -> None:
         for wid in sorted(self._dirty):
@@ -718,10 +733,18 @@ class Controller:
             for cid in doomed:
                 self.store.mark_checkpoint_deleted(cid)
         # Files go after the records: a crash in between leaves orphan files that the next
-        # start removes, never a record pointing at missing files.
+        # start removes, never a record pointing at missing files. Deleting is slow on some
+        # file systems, so a background thread does it off the controller's critical path.
         for cid in doomed:
-            self.ckpt.delete(self.ckpt.path_for(cid))
             del self._live[cid]
+        self._deleter.submit(self._delete_files, [self.ckpt.path_for(c) for c in doomed])
+
+    def _delete_files(self, paths: list[Path]) -> None:
+        for path in paths:
+            try:
+                self.ckpt.delete(path)
+            except OSError as exc:  # left for the orphan sweep at the next start
+                log.warning("could not delete checkpoint %s: %s", path, exc)
 
     def _finish(self) -> None:
         if self.store.get_state("status") != "finished":

@@ -1,0 +1,24 @@
+"""Benchmarks that print their figures (``firepbt bench NAME [--json]``)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from firepbt.errors import ConfigError
+
+BENCHES = {
+    "overhead": "firepbt.bench.overhead",
+    "controller": "firepbt.bench.controller",
+    "toys": "firepbt.bench.compare",
+    "nqm": "firepbt.bench.compare",
+}
+
+
+def run_bench(name: str, preset: str = "quick", seeds: int | None = None) -> dict[str, Any]:
+    """Run benchmark ``name``; returns the figures (also printed as it goes)."""
+    if name not in BENCHES:
+        raise ConfigError(f"bench {name!r}: unknown; expected one of {', '.join(BENCHES)}")
+    module = importlib.import_module(BENCHES[name])
+    result: dict[str, Any] = module.main(name=name, preset=preset, seeds=seeds)
+    return result
