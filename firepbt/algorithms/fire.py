@@ -1,0 +1,520 @@
+"""FIRE PBT (Dalibard & Jaderberg 2021) as pure decision logic (spec ``fire-pbt.md``).
+
+Members are split into sub-populations P1..Pn that each run PBT inside themselves: P1 ranks by
+the task metric, Pk (k >= 2) by the FIRE fitness measured by evaluators. An evaluator trains the
+weights of a parent in Pk with the frozen hyperparameters of the best member of P(k-1) and, when
+its learning curve beats that child's curve by a sign test, the child takes its weights.
+
+Within one ``decide`` call the steps run in a fixed order, so that a seeded synchronous run is
+reproducible: judge ready evaluators, exploit/explore ready members, stop evaluators whose
+parent or child was overwritten, assign free evaluators.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, cast
+
+import numpy as np
+
+from firepbt.algorithms import curves
+from firepbt.algorithms.base import (
+    EVALUATOR,
+    MEMBER,
+    Algorithm,
+    Continue,
+    Decision,
+    Exploit,
+    Role,
+    SetFitness,
+    Snapshot,
+    StartEvaluator,
+    StopEvaluator,
+    Transfer,
+    WorkerView,
+    fitness_of,
+    require,
+)
+from firepbt.algorithms.pbt import PBT
+from firepbt.space import ExploreConfig
+
+SMOOTHERS = ("gp", "ema")
+FITNESS_SCORES = ("improvement", "time_to_climb")
+# Default split of the worker budget (spec section 3): evaluators take ~28 %, the members
+# share the rest evenly (8 + 8 + 6 for 22 workers).
+EVALUATOR_SHARE = 0.28
+ACTIVE = "active"
+IDLE = "idle"
+
+
+@dataclass(frozen=True)
+class FirePBT(Algorithm):
+    """FIRE PBT: sub-populations linked by evaluators that measure improvement rates.
+
+    Args:
+        population: total worker budget, members plus evaluators. With neither
+            ``subpop_sizes`` nor ``evaluators`` given it is split as: evaluators
+            ``round(0.28 W)``, the rest shared evenly by the ``n_subpops`` sub-populations
+            (lower-numbered ones take the remainder).
+        subpop_sizes: explicit member counts |P1|..|Pn|; n becomes ``len(subpop_sizes)``.
+        evaluators: explicit evaluator count. When only one of ``subpop_sizes`` and
+            ``evaluators`` is given, the other gets the rest of ``population``; when both are
+            given they must add up to ``population``.
+        n_subpops: n, used by the default split.
+        pbt: exploit/explore settings used inside every sub-population (a dict from
+            ``to_config`` is accepted).
+        p_stat: significance level of the sign test.
+        max_eval_intervals: an evaluator's budget, in ready intervals (>= 1).
+        warmup_intervals: a parent can be evaluated once it has trained this many intervals.
+        smoother: ``"gp"`` (Gaussian process) or ``"ema"``; used only to align curves.
+        fitness: ``"improvement"`` (Δ) or ``"time_to_climb"``, for the FIRE fitness and the
+            success rule.
+        min_points: valid curve points both curves need before an evaluator is judged, and that
+            an evaluator's curve needs before its parent gets a FIRE fitness.
+    """
+
+    name: ClassVar[str] = "fire"
+    population: int = 22
+    subpop_sizes: tuple[int, ...] | None = None
+    evaluators: int | None = None
+    n_subpops: int = 2
+    pbt: PBT = field(default_factory=PBT)
+    p_stat: float = 0.01
+    max_eval_intervals: float = 3.0
+    warmup_intervals: float = 1.0
+    smoother: str = "gp"
+    fitness: str = "improvement"
+    min_points: int = 3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pbt, Mapping):
+            object.__setattr__(self, "pbt", _pbt_from_config(self.pbt))
+        require(isinstance(self.pbt, PBT), f"pbt={self.pbt!r}: must be a PBT (or its config)")
+        if self.subpop_sizes is not None:
+            require(
+                isinstance(self.subpop_sizes, Sequence)
+                and all(_is_int(s) for s in self.subpop_sizes),
+                f"subpop_sizes={self.subpop_sizes!r}: must be a sequence of integers",
+            )
+            # JSON round trips turn the tuple into a list; n follows the explicit sizes.
+            object.__setattr__(self, "subpop_sizes", tuple(self.subpop_sizes))
+            object.__setattr__(self, "n_subpops", len(self.subpop_sizes))
+        require(
+            _is_int(self.population) and self.population >= 1,
+            f"population={self.population!r}: must be an integer >= 1",
+        )
+        require(
+            _is_int(self.n_subpops) and self.n_subpops >= 2,
+            f"n_subpops={self.n_subpops!r}: FIRE needs n >= 2 sub-populations",
+        )
+        require(
+            self.evaluators is None or _is_int(self.evaluators),
+            f"evaluators={self.evaluators!r}: must be an integer",
+        )
+        sizes, n_eval = self._split()
+        for k, size in enumerate(sizes, start=1):
+            require(
+                size >= 2,
+                f"subpop_sizes={sizes}: sub-population P{k} has {size} member(s); each needs "
+                ">= 2 to exploit inside itself",
+            )
+        require(
+            n_eval >= 1,
+            f"evaluators={n_eval} (population={self.population}, subpop_sizes={sizes}): "
+            "FIRE needs at least 1 evaluator",
+        )
+        require(
+            isinstance(self.p_stat, int | float) and 0.0 < self.p_stat < 1.0,
+            f"p_stat={self.p_stat!r}: must lie in (0, 1)",
+        )
+        require(
+            isinstance(self.max_eval_intervals, int | float)
+            and math.isfinite(self.max_eval_intervals)
+            and self.max_eval_intervals >= 1.0,
+            f"max_eval_intervals={self.max_eval_intervals!r}: max_eval_steps must be at least "
+            "1 interval (an evaluator is judged only at its ready points)",
+        )
+        require(
+            isinstance(self.warmup_intervals, int | float)
+            and math.isfinite(self.warmup_intervals)
+            and self.warmup_intervals >= 0.0,
+            f"warmup_intervals={self.warmup_intervals!r}: must be a number >= 0",
+        )
+        require(
+            self.smoother in SMOOTHERS,
+            f"smoother={self.smoother!r}: must be one of {', '.join(SMOOTHERS)}",
+        )
+        require(
+            self.fitness in FITNESS_SCORES,
+            f"fitness={self.fitness!r}: must be one of {', '.join(FITNESS_SCORES)}",
+        )
+        require(
+            _is_int(self.min_points) and self.min_points >= 1,
+            f"min_points={self.min_points!r}: must be an integer >= 1",
+        )
+        # Not a dataclass field: the cache is state, not a setting, and must not take part in
+        # equality, hashing or the stored config. Every curve grows by a few points per event
+        # while FIRE re-scores all of a sub-population's curves, so most calls are hits.
+        base: curves.Smoother
+        base = curves.GPSmoother() if self.smoother == "gp" else curves.EMASmoother()
+        object.__setattr__(self, "_smooth", curves.CachedSmoother(base))
+        object.__setattr__(self, "_sizes", sizes)
+        object.__setattr__(self, "_n_eval", n_eval)
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def _split(self) -> tuple[tuple[int, ...], int]:
+        """Resolve (|P1|..|Pn|, evaluator count) from the settings."""
+        if self.subpop_sizes is not None:
+            sizes = self.subpop_sizes
+            if self.evaluators is None:
+                return sizes, self.population - sum(sizes)
+            require(
+                sum(sizes) + self.evaluators == self.population,
+                f"population={self.population}: subpop_sizes={sizes} plus "
+                f"evaluators={self.evaluators} make {sum(sizes) + self.evaluators}; they must "
+                "add up to population (or leave one of them out)",
+            )
+            return sizes, self.evaluators
+        n_eval = (
+            self.evaluators
+            if self.evaluators is not None
+            else math.floor(EVALUATOR_SHARE * self.population + 0.5)
+        )
+        members = self.population - n_eval
+        base, extra = divmod(max(members, 0), self.n_subpops)
+        return tuple(base + (1 if k < extra else 0) for k in range(self.n_subpops)), n_eval
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Resolved member counts |P1|..|Pn|."""
+        return self._sizes  # type: ignore[attr-defined]
+
+    @property
+    def n_evaluators(self) -> int:
+        """Resolved evaluator count."""
+        return self._n_eval  # type: ignore[attr-defined]
+
+    def max_eval_steps(self, interval: int) -> int:
+        """An evaluator's training budget in steps (at least one interval)."""
+        return math.ceil(self.max_eval_intervals * interval)
+
+    def warmup_steps(self, interval: int) -> int:
+        """Steps a parent must have trained before it can be evaluated."""
+        return math.ceil(self.warmup_intervals * interval)
+
+    def topology(self) -> list[Role]:
+        """P1 members, P2 members, ..., then the evaluators (sub-population 0 until assigned)."""
+        roles = [Role(MEMBER, k) for k, size in enumerate(self.sizes, start=1) for _ in range(size)]
+        return roles + [Role(EVALUATOR, 0)] * self.n_evaluators
+
+    def validate(self, interval: int, eval_every: int, total_steps: int) -> None:
+        """Refuse run settings under which FIRE cannot work (ConfigError)."""
+        points = interval // eval_every
+        need = curves.min_points_to_pass(self.p_stat)
+        require(
+            points >= need,
+            f"eval_every={eval_every} with interval={interval} records {points} curve points "
+            f"per interval, but the sign test at p_stat={self.p_stat} needs >= {need} aligned "
+            f"points: the sign test can never pass; use eval_every <= {interval // need}",
+        )
+        warmup = self.warmup_steps(interval)
+        require(
+            warmup < total_steps,
+            f"warmup_intervals={self.warmup_intervals} ({warmup} steps) with steps="
+            f"{total_steps}: evaluators would never start; warm-up must end before the run",
+        )
+
+    def explore_config(self) -> ExploreConfig:
+        return self.pbt.explore
+
+    def to_config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        cfg["pbt"] = {k: v for k, v in self.pbt.to_config().items() if k != "name"}
+        if self.subpop_sizes is not None:
+            cfg["subpop_sizes"] = list(self.subpop_sizes)
+        return {"name": self.name, **cfg}
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def decide(self, snapshot: Snapshot, rng: np.random.Generator) -> list[Decision]:
+        """Judge evaluators, exploit/explore members, stop stale evaluators, assign free ones."""
+        views = snapshot.workers
+        ready = [views[i] for i in snapshot.ready]
+        round_ = _Round()
+        self._judge(
+            snapshot, [w for w in ready if w.role == EVALUATOR and w.status == ACTIVE], round_
+        )
+        self._exploit(snapshot, [w for w in ready if w.role == MEMBER], rng, round_)
+        self._fence(snapshot, round_)
+        free = [w.id for w in ready if w.role == EVALUATOR and w.status == IDLE]
+        free += [e for e, d in round_.evaluators.items() if isinstance(d, StopEvaluator | Transfer)]
+        starts = self._assign(snapshot, sorted(set(free)), rng, round_)
+        # Application order matters to the controller: an evaluator is stopped before it is
+        # restarted, and a parent is overwritten before an evaluator records its version.
+        return [
+            *round_.fitness,
+            *round_.evaluators.values(),
+            *round_.members,
+            *round_.cleared,
+            *starts,
+        ]
+
+    def _judge(self, snapshot: Snapshot, ready: list[WorkerView], round_: _Round) -> None:
+        """Stops 1-3 and successes of the ready evaluators; one success per child."""
+        views = snapshot.workers
+        max_steps = self.max_eval_steps(snapshot.interval)
+        successes: dict[int, list[tuple[WorkerView, curves.Judgement]]] = {}
+        for e in ready:
+            parent, child = views[e.info["parent"]], views[e.info["child"]]
+            if _overwritten_since_start(e, parent, child):
+                round_.evaluators[e.id] = StopEvaluator(e.id, "overwritten")
+                continue
+            verdict = curves.judge(
+                e.curve,
+                child.curve,
+                e.step - int(e.info["start_step"]),
+                max_steps,
+                self.p_stat,
+                self._smoother,
+                self.min_points,
+                self._score,
+            )
+            if verdict.outcome == curves.SUCCESS:
+                successes.setdefault(child.id, []).append((e, verdict))
+            elif verdict.outcome == curves.STOP_NO_OVERLAP:
+                round_.evaluators[e.id] = StopEvaluator(
+                    e.id, "no_overlap", verdict.p_value, verdict.delta
+                )
+            elif verdict.outcome == curves.STOP_P_VALUE:
+                round_.evaluators[e.id] = StopEvaluator(
+                    e.id, "p_value", verdict.p_value, verdict.delta
+                )
+            else:
+                round_.evaluators[e.id] = Continue(e.id)
+        for child_id, wins in sorted(successes.items()):
+            # Largest Δ against the child's curve wins; the lowest id breaks ties, so the outcome
+            # does not depend on the order in which evaluators became ready.
+            wins.sort(key=lambda ev: (-ev[1].delta, ev[0].id))
+            (best, verdict), losers = wins[0], wins[1:]
+            assert best.checkpoint is not None and verdict.p_value is not None
+            round_.evaluators[best.id] = Transfer(
+                best.id,
+                int(best.info["parent"]),
+                child_id,
+                best.checkpoint,
+                verdict.p_value,
+                verdict.delta,
+            )
+            round_.overwritten[child_id] = best.checkpoint
+            for e, lost in losers:
+                round_.evaluators[e.id] = StopEvaluator(
+                    e.id, "superseded", lost.p_value, lost.delta
+                )
+
+    def _exploit(
+        self,
+        snapshot: Snapshot,
+        ready: list[WorkerView],
+        rng: np.random.Generator,
+        round_: _Round,
+    ) -> None:
+        """PBT inside each sub-population: task fitness in P1, FIRE fitness in Pk >= 2."""
+        fire: dict[int, dict[int, float]] = {}
+        for m in ready:
+            if m.id in round_.overwritten:
+                # It has just taken an evaluator's weights; its ranking fitness is stale.
+                round_.members.append(Continue(m.id))
+                continue
+            k = m.subpop
+            if k == 1:
+                decision = self.pbt.decide_member(snapshot, m, rng, k=1)
+            else:
+                if k not in fire:
+                    fire[k] = self._fire_fitness(snapshot, k, round_)
+                    round_.fitness += [SetFitness(w, v) for w, v in sorted(fire[k].items())]
+                fitness = fire[k]
+                if m.id not in fitness:
+                    round_.members.append(Continue(m.id))
+                    continue
+                ranked: dict[int, float | None] = dict(fitness)
+                decision = self.pbt.decide_member(snapshot, m, rng, k, fitness=ranked)
+            round_.members.append(decision)
+            if isinstance(decision, Exploit):
+                round_.overwritten[m.id] = decision.donor_checkpoint
+        # A FIRE fitness describes weights that are now gone: clear it so that an overwritten
+        # member is not picked as a child on a stale value.
+        round_.cleared = [
+            SetFitness(w, None)
+            for w in sorted(round_.overwritten)
+            if snapshot.workers[w].subpop >= 2
+        ]
+
+    def _fire_fitness(self, snapshot: Snapshot, k: int, round_: _Round) -> dict[int, float]:
+        """FIRE fitness of the members of Pk whose evaluator's curve still describes them."""
+        views = snapshot.workers
+        evaluated: dict[int, tuple[float | None, ...]] = {}
+        for e in snapshot.subpop(k, role=EVALUATOR):
+            if e.status != ACTIVE:
+                continue
+            parent = views[e.info["parent"]]
+            if parent.overwrites != e.info["parent_overwrites"] or parent.id in round_.overwritten:
+                continue
+            # An evaluator that has barely started carries no information yet.
+            if curves.valid_points(e.curve).size >= self.min_points:
+                evaluated[parent.id] = e.curve
+        return curves.fire_fitness(evaluated, self._smoother, self._score)
+
+    def _fence(self, snapshot: Snapshot, round_: _Round) -> None:
+        """Stop 3 for every active evaluator whose parent or child lost its weights."""
+        views = snapshot.workers
+        for e in sorted(views.values(), key=lambda w: w.id):
+            if e.role != EVALUATOR or e.status != ACTIVE:
+                continue
+            current = round_.evaluators.get(e.id)
+            if current is not None and not isinstance(current, Continue):
+                continue
+            parent, child = views[e.info["parent"]], views[e.info["child"]]
+            if (
+                _overwritten_since_start(e, parent, child)
+                or parent.id in round_.overwritten
+                or child.id in round_.overwritten
+            ):
+                round_.evaluators[e.id] = StopEvaluator(e.id, "overwritten")
+
+    def _assign(
+        self,
+        snapshot: Snapshot,
+        free: list[int],
+        rng: np.random.Generator,
+        round_: _Round,
+    ) -> list[Decision]:
+        """Start free evaluators on the least recently evaluated parents (spec section 5)."""
+        if not free:
+            return []
+        views = snapshot.workers
+        busy = {
+            int(e.info["parent"])
+            for e in views.values()
+            if e.role == EVALUATOR
+            and e.status == ACTIVE
+            and isinstance(round_.evaluators.get(e.id, Continue(e.id)), Continue)
+        }
+        warmup = self.warmup_steps(snapshot.interval)
+        parents = [
+            w
+            for w in views.values()
+            if w.role == MEMBER
+            and w.subpop >= 2
+            and w.status == ACTIVE
+            and w.id not in busy
+            and w.checkpoint is not None
+            and w.step >= warmup
+            and w.step < snapshot.total_steps
+        ]
+        parents.sort(
+            key=lambda w: (
+                w.id in round_.overwritten,  # just overwritten goes last
+                int(w.info.get("last_evaluated", -1)),
+                w.id,
+            )
+        )
+        starts: list[Decision] = []
+        shared: dict[int, int] = {}  # level k -> the child chosen without any fitness
+        pool = list(free)
+        for parent in parents:
+            if not pool:
+                break
+            k = parent.subpop
+            child = self._best_child(snapshot, k - 1, round_)
+            if child is None:
+                if k not in shared:
+                    shared[k] = self._shared_child(snapshot, k, rng, round_)
+                child = shared[k]
+            if child < 0:
+                continue  # P(k-1) has no member that could take weights
+            evaluator = pool.pop(0)
+            checkpoint = round_.overwritten.get(parent.id, parent.checkpoint)
+            assert checkpoint is not None
+            starts.append(
+                StartEvaluator(evaluator, parent.id, checkpoint, child, dict(views[child].hparams))
+            )
+        return starts
+
+    def _child_candidates(self, snapshot: Snapshot, k: int, round_: _Round) -> list[WorkerView]:
+        return [
+            w for w in snapshot.subpop(k) if w.status == ACTIVE and w.id not in round_.overwritten
+        ]
+
+    def _best_child(self, snapshot: Snapshot, k: int, round_: _Round) -> int | None:
+        """The member of Pk with the best latest fitness (FIRE fitness for k >= 2), or None."""
+        best: tuple[float, int] | None = None
+        for w in self._child_candidates(snapshot, k, round_):
+            value = fitness_of(w, self.pbt.fitness_window) if k == 1 else w.info.get("fire_fitness")
+            if value is None or not math.isfinite(value):
+                continue
+            if best is None or value > best[0]:  # ids ascend, so ties keep the lower id
+                best = (float(value), w.id)
+        return None if best is None else best[1]
+
+    def _shared_child(
+        self, snapshot: Snapshot, k: int, rng: np.random.Generator, round_: _Round
+    ) -> int:
+        """The child shared by all level-k evaluators while P(k-1) has no fitness (-1: none)."""
+        candidates = self._child_candidates(snapshot, k - 1, round_)
+        ids = {w.id for w in candidates}
+        # Reuse the child of a running level-k evaluator so that all curves stay comparable.
+        # (The controller does not record how a child was chosen; while no fitness exists
+        # any running evaluator's child was the shared one or the best at its start.)
+        for e in snapshot.subpop(k, role=EVALUATOR):
+            if (
+                e.status == ACTIVE
+                and isinstance(round_.evaluators.get(e.id, Continue(e.id)), Continue)
+                and int(e.info["child"]) in ids
+            ):
+                return int(e.info["child"])
+        if not candidates:
+            return -1
+        return candidates[int(rng.integers(len(candidates)))].id
+
+    @property
+    def _smoother(self) -> curves.CachedSmoother:
+        return self._smooth  # type: ignore[attr-defined]
+
+    @property
+    def _score(self) -> curves.ScoreName:
+        return cast(curves.ScoreName, self.fitness)
+
+
+@dataclass
+class _Round:
+    """What one ``decide`` call has decided so far."""
+
+    evaluators: dict[int, Decision] = field(default_factory=dict)
+    members: list[Decision] = field(default_factory=list)
+    fitness: list[Decision] = field(default_factory=list)
+    cleared: list[Decision] = field(default_factory=list)
+    # member -> the checkpoint its weights come from after this call (exploit or transfer)
+    overwritten: dict[int, int] = field(default_factory=dict)
+
+
+def _overwritten_since_start(e: WorkerView, parent: WorkerView, child: WorkerView) -> bool:
+    """Stop 3's version fence: did the parent's or child's weights change since ``e`` began?"""
+    return bool(
+        parent.overwrites != e.info["parent_overwrites"]
+        or child.overwrites != e.info["child_overwrites"]
+    )
+
+
+def _pbt_from_config(cfg: Mapping[str, Any]) -> PBT:
+    from firepbt.algorithms import algorithm_from_config
+
+    rebuilt = algorithm_from_config({**cfg, "name": "pbt"})
+    assert isinstance(rebuilt, PBT)
+    return rebuilt
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
