@@ -1,0 +1,227 @@
+"""PyTorch helper: one-line save/load/set_hparams for the usual model + optimiser.
+
+PyTorch is an optional extra (``pip install firepbt[torch]``), so nothing else in firepbt
+imports this module at import time; user code and the bundled tasks import it explicitly.
+
+A checkpoint is the single file ``state.pt`` inside the checkpoint directory. It holds the
+model's and optimiser's state dicts, torch's global CPU RNG state, the state of an optional
+``torch.Generator`` (e.g. the one that orders the data) and a user ``extra`` dict.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import pickle
+from abc import abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from firepbt.errors import CheckpointError, ConfigError
+from firepbt.trainable import Trainable
+
+STATE_FILE = "state.pt"
+STATE_FORMAT = 1
+
+DEFAULT_MAPPING: Mapping[str, str] = {
+    "lr": "lr",
+    "momentum": "momentum",
+    "weight_decay": "weight_decay",
+}
+"""Hyperparameter name -> optimiser param-group key used by :func:`apply_hparams`."""
+
+
+def single_thread() -> None:
+    """Limit torch to one intra-op thread.
+
+    Several members train side by side on few cores; letting each grab every core makes them
+    all slower through oversubscription.
+    """
+    torch.set_num_threads(1)
+
+
+def save_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> None:
+    """Write model, optimiser, RNG states and ``extra`` to ``path / "state.pt"``.
+
+    Args:
+        path: Checkpoint directory; created if missing.
+        model: The network whose ``state_dict`` is saved.
+        optimizer: The optimiser whose ``state_dict`` (momentum buffers, hparams) is saved.
+        extra: Small user state (step counters, data cursors). Keep it to tensors, numbers,
+            strings and containers of them so it loads with ``weights_only=True``.
+        generator: A torch generator whose state is saved too, e.g. the data-order generator.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": STATE_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "generator": None if generator is None else generator.get_state(),
+        "extra": dict(extra or {}),
+    }
+    # Write then rename so a crash mid-write never leaves a truncated state.pt behind.
+    tmp = path / f".{STATE_FILE}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path / STATE_FILE)
+
+
+def load_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator | None = None,
+) -> dict[str, Any]:
+    """Restore what :func:`save_state` wrote into ``model``, ``optimizer`` and the RNGs.
+
+    Args:
+        path: Checkpoint directory holding ``state.pt``.
+        model: A model of the same architecture; its parameters are overwritten in place.
+        optimizer: An optimiser over ``model``'s parameters; its state is overwritten.
+        generator: Receives the saved generator state (when one was saved).
+
+    Returns:
+        The ``extra`` dict given to :func:`save_state`.
+
+    Raises:
+        CheckpointError: ``state.pt`` is missing, or was written by an unknown format version.
+    """
+    file = Path(path) / STATE_FILE
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint file {str(file)!r} is missing")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # ``extra`` held something outside the safe allow-list (e.g. a numpy array). The file
+        # is one this library wrote for this member, so full unpickling is acceptable here.
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    fmt = state.get("format")
+    if fmt != STATE_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {str(file)!r} has format {fmt!r}; this version reads {STATE_FORMAT}"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    if generator is not None and state["generator"] is not None:
+        generator.set_state(state["generator"])
+    return dict(state["extra"])
+
+
+def apply_hparams(
+    optimizer: torch.optim.Optimizer,
+    hparams: Mapping[str, Any],
+    mapping: Mapping[str, str] = DEFAULT_MAPPING,
+) -> None:
+    """Set hyperparameters on every param group of ``optimizer`` in place.
+
+    Only hyperparameters named in both ``mapping`` and ``hparams`` are touched, so a space
+    without ``weight_decay`` leaves the optimiser's weight decay alone.
+
+    Args:
+        optimizer: The optimiser to update.
+        hparams: Current hyperparameters (flat dict).
+        mapping: Hyperparameter name -> param-group key, e.g. ``{"lr": "lr"}``.
+
+    Raises:
+        ConfigError: A mapped hyperparameter is present but the optimiser's param groups have
+            no such key (e.g. ``momentum`` with Adam, which has ``betas``).
+    """
+    for name, key in mapping.items():
+        if name not in hparams:
+            continue
+        value = hparams[name]
+        # numpy scalars from the search space become plain floats, as torch's own hparams are.
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = float(value)
+        for group in optimizer.param_groups:
+            if key not in group:
+                known = sorted(k for k in group if k != "params")
+                raise ConfigError(
+                    f"hparam {name!r} maps to optimizer key {key!r}, which "
+                    f"{type(optimizer).__name__} param groups lack; known keys: {known}"
+                )
+            group[key] = value
+
+
+class TorchTrainable(Trainable):
+    """A :class:`~firepbt.trainable.Trainable` for one torch model + optimiser.
+
+    Implement :meth:`build`, :meth:`train_step` and ``evaluate``; setup, train, save, load and
+    set_hparams are provided. Set ``self.generator`` in :meth:`build` to a ``torch.Generator``
+    that drives all of the member's randomness (data order, sampling) and it is checkpointed
+    with the weights, so a restored member continues bit-identically.
+    ``self.step`` counts training steps and is checkpointed too. ``load`` expects ``setup`` to
+    have run first (it fills an existing model).
+
+    Class attributes:
+        HPARAM_MAPPING: Hyperparameter name -> optimiser param-group key.
+    """
+
+    HPARAM_MAPPING: ClassVar[Mapping[str, str]] = DEFAULT_MAPPING
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator | None
+    step: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.generator = None
+        self.step = 0
+
+    @abstractmethod
+    def build(
+        self, hparams: Mapping[str, Any], seed: int
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Return a fresh ``(model, optimizer)`` for ``hparams`` and ``seed``."""
+
+    @abstractmethod
+    def train_step(self) -> None:
+        """Run one optimisation step (one minibatch)."""
+
+    def setup(self, hparams: Mapping[str, Any], seed: int) -> None:
+        self.hparams = dict(hparams)
+        self.seed = seed
+        self.step = 0
+        self.model, self.optimizer = self.build(self.hparams, seed)
+        # Fail on a mapping/optimiser mismatch now rather than at the first explore.
+        apply_hparams(self.optimizer, self.hparams, self.HPARAM_MAPPING)
+
+    def train(self, steps: int) -> None:
+        self.model.train()
+        for _ in range(steps):
+            self.train_step()
+            self.step += 1
+
+    def extra_state(self) -> dict[str, Any]:
+        """State besides weights/optimiser/RNG to checkpoint; extend in subclasses."""
+        return {"step": self.step}
+
+    def load_extra_state(self, extra: Mapping[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned; extend in subclasses."""
+        self.step = int(extra.get("step", 0))
+
+    def save(self, path: Path) -> None:
+        save_state(path, self.model, self.optimizer, self.extra_state(), self.generator)
+
+    def load(self, path: Path) -> None:
+        self.load_extra_state(load_state(path, self.model, self.optimizer, self.generator))
+        # The checkpoint carries the donor's hparams inside the optimiser state; the member's
+        # own (possibly explored) hparams must win.
+        apply_hparams(self.optimizer, self.hparams, self.HPARAM_MAPPING)
+
+    def set_hparams(self, hparams: Mapping[str, Any]) -> None:
+        self.hparams = dict(hparams)
+        apply_hparams(self.optimizer, self.hparams, self.HPARAM_MAPPING)
