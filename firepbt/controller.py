@@ -275,6 +275,7 @@ class Controller:
         self.pending: deque[int] = deque(sorted(self.segs))
         self._seg_of: dict[int, int] = {seg.worker: sid for sid, seg in self.segs.items()}
         self._new_checkpoints = 0
+        self._seeds: dict[int, int] = {}
         self.inflight: set[int] = set()
         self.waiting: set[int] = set()
         self._views: dict[int, WorkerView] = {}
@@ -360,8 +361,11 @@ class Controller:
             self._last_refresh = now
 
     def _seed(self, wid: int) -> int:
-        ss = np.random.SeedSequence(self.config.seed, spawn_key=(wid,))
-        return int(ss.generate_state(1)[0])
+        """Each worker's seed: derived from the run's seed and its id, stable across resumes."""
+        if wid not in self._seeds:
+            ss = np.random.SeedSequence(self.config.seed, spawn_key=(wid,))
+            self._seeds[wid] = int(ss.generate_state(1)[0])
+        return self._seeds[wid]
 
     def _schedule(self, wid: int) -> None:
         """Create the next segment of ``wid`` (pending until dispatched)."""
@@ -580,7 +584,9 @@ class Controller:
                 self._schedule(w.id)
         elif isinstance(d, Exploit):
             donor_ckpt = self.store.checkpoint(d.donor_checkpoint)
-            if donor_ckpt.deleted or not Path(donor_ckpt.path).exists():
+            if donor_ckpt.deleted or (
+                self.executor.writes_checkpoints and not Path(donor_ckpt.path).exists()
+            ):
                 # A pinned version should never be gone; if it is, skip rather than load garbage.
                 self._event("exploit_skipped", w.id, w.step, donor=d.donor,
                             donor_checkpoint=d.donor_checkpoint,
@@ -711,7 +717,13 @@ class Controller:
 
     def _snapshot_tables(self) -> dict[int, FitnessTable]:
         # A failed member keeps its slot with NaN fitness: it ranks last and is never a donor.
-        return {k: FitnessTable(ids, vals.copy()) for k, (_, ids, vals) in self._tables.items()}
+        # Read-only views, not copies: the algorithm sees them only during decide().
+        out = {}
+        for k, (_, ids, vals) in self._tables.items():
+            view = vals.view()
+            view.flags.writeable = False
+            out[k] = FitnessTable(ids, view)
+        return out
 
     def _persist(self) -> None:
         for wid in sorted(self._dirty):
@@ -737,7 +749,8 @@ class Controller:
         # file systems, so a background thread does it off the controller's critical path.
         for cid in doomed:
             del self._live[cid]
-        self._deleter.submit(self._delete_files, [self.ckpt.path_for(c) for c in doomed])
+        if self.executor.writes_checkpoints:
+            self._deleter.submit(self._delete_files, [self.ckpt.path_for(c) for c in doomed])
 
     def _delete_files(self, paths: list[Path]) -> None:
         for path in paths:

@@ -108,11 +108,24 @@ class FitnessTable:
         better = np.count_nonzero(keys > v) + np.count_nonzero(keys[:idx] == v)
         return int(better)
 
-    def top(self, n: int) -> list[int]:
+    def top(self, n: int) -> np.ndarray:
         """The ``n`` best ids with a valid fitness, best first."""
         valid = ~np.isnan(self.values)
-        order = np.lexsort((self.ids, -self._keys()))
-        return [int(self.ids[i]) for i in order if valid[i]][:n]
+        n = min(n, int(np.count_nonzero(valid)))
+        if n <= 0:
+            return self.ids[:0]
+        keys = self._keys()
+        # O(N): the n-th best value, then everything above it plus ties in id order.
+        cut = np.partition(keys, len(keys) - n)[len(keys) - n]
+        above = np.flatnonzero(keys > cut)
+        ties = np.flatnonzero(keys == cut)[: n - len(above)]
+        chosen = np.concatenate([above, ties])
+        order = np.lexsort((self.ids[chosen], -keys[chosen]))
+        return self.ids[chosen[order]]
+
+    def contains(self, worker: int) -> bool:
+        idx = int(np.searchsorted(self.ids, worker))
+        return idx < len(self.ids) and int(self.ids[idx]) == worker
 
 
 # --- decisions ----------------------------------------------------------------------------

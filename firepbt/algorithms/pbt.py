@@ -134,18 +134,17 @@ class PBT(Algorithm):
             ids = [w.id for w in peers if w.id in fit]
             table = FitnessTable.build(ids, [fit[i] for i in ids])
         n = len(table.ids)
-        if n < 2 or member.id not in set(table.ids.tolist()):
+        if n < 2 or not table.contains(member.id):
             return None
         if self.exploit == "truncation":
             n_q = min(max(1, math.floor(self.quantile * n)), n // 2)
             if table.position(member.id) < n - n_q:
                 return None
-            candidates = [
-                c for c in table.top(n_q) if snapshot.workers[c].checkpoint is not None
-            ]
-            if not candidates or member.id in candidates:
+            # Members with a valid fitness have finished a segment, so each has a checkpoint.
+            top = table.top(n_q)
+            if len(top) == 0 or member.id in top:
                 return None
-            return int(candidates[int(rng.integers(len(candidates)))])
+            return int(top[int(rng.integers(len(top)))])
         # tournament and ttest: one random peer
         others = [int(i) for i in table.ids if i != member.id]
         rival = others[int(rng.integers(len(others)))]

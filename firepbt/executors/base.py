@@ -15,6 +15,10 @@ from firepbt.trainable import SegmentResult, SegmentSpec
 class Executor(ABC):
     """Runs segments; at most ``capacity`` at once."""
 
+    #: False for executors whose checkpoints are not files (the simulated one): the controller
+    #: then skips file checks and file deletion.
+    writes_checkpoints: bool = True
+
     @property
     @abstractmethod
     def capacity(self) -> int:

@@ -26,7 +26,9 @@ def lr_model(hparams: Mapping[str, Any], state: float, step: int) -> tuple[float
 
 
 class SimulatedExecutor(Executor):
-    """Runs segments of a pure ``model`` in-process, FIFO; checkpoints are empty folders."""
+    """Runs segments of a pure ``model`` in-process, FIFO; checkpoints live in memory."""
+
+    writes_checkpoints = False
 
     def __init__(self, model: Model = lr_model, capacity: int = 1) -> None:
         self.model = model
@@ -56,8 +58,6 @@ class SimulatedExecutor(Executor):
                 points.append((step, metric))
         self._states[spec.save_checkpoint] = state
         path = Path(spec.checkpoint_root) / f"c{spec.save_checkpoint:09d}"
-        # An empty folder stands for the checkpoint, so existence checks behave as for real.
-        path.mkdir(parents=True, exist_ok=True)
         return [SegmentResult(spec.worker, spec.segment, spec.epoch, tuple(points),
                               spec.start_step + spec.steps, str(path), "simulated")]
 

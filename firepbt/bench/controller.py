@@ -1,0 +1,69 @@
+"""Controller cost: decisions per second with a simulated trainable (no training, no files
+written by workers) for populations of 100, 1,000 and 10,000 members.
+
+Every handled result is one decision (a ready point): the store transaction, the algorithm's
+``decide`` and the bookkeeping. Target: >= 5,000 decisions/s at 1,000 members, with a cost
+per decision that stays nearly flat as the population grows.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from firepbt.algorithms import PBT
+from firepbt.controller import Controller, RunConfig
+from firepbt.executors.simulated import SimulatedExecutor
+from firepbt.space import LogUniform, Space
+from firepbt.store import MemoryStore, SQLiteStore
+
+
+def measure(population: int, intervals: int = 3, store_kind: str = "memory") -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = MemoryStore() if store_kind == "memory" else SQLiteStore(Path(tmp) / "c.db")
+        ctl = Controller(
+            store=store, executor=SimulatedExecutor(capacity=1),
+            checkpoint_root=Path(tmp) / "ckpt", space=Space(lr=LogUniform(1e-3, 1.0)),
+            algorithm=PBT(population=population),
+            config=RunConfig(steps=10 * intervals, interval=10, eval_every=10),
+        )
+        ctl.start()
+        decisions = 0
+
+        def count(_: Controller) -> None:
+            nonlocal decisions
+            decisions += 1
+
+        ctl.on_event = count
+        t0 = time.perf_counter()
+        while ctl.step(timeout=0):
+            pass
+        wall = time.perf_counter() - t0
+        exploits = len(store.events(kind="exploit"))
+        ctl.close()
+        store.close()
+    return {
+        "population": population, "store": store_kind, "decisions": decisions,
+        "wall_s": round(wall, 3), "decisions_per_s": round(decisions / wall, 1),
+        "us_per_decision": round(1e6 * wall / decisions, 1), "exploits": exploits,
+    }
+
+
+def main(name: str = "controller", preset: str = "quick", seeds: int | None = None
+         ) -> dict[str, Any]:
+    rows = []
+    for store_kind in ("memory", "sqlite"):
+        for pop in (100, 1000, 10000):
+            r = measure(pop, store_kind=store_kind)
+            rows.append(r)
+            print(f"{store_kind:>6} store, {pop:>6} members: {r['decisions_per_s']:>9.0f} "
+                  f"decisions/s ({r['us_per_decision']:.0f} us each, {r['exploits']} exploits)",
+                  flush=True)
+    mem = {r["population"]: r for r in rows if r["store"] == "memory"}
+    growth = mem[10000]["us_per_decision"] / mem[100]["us_per_decision"]
+    print(f"cost per decision grows x{growth:.2f} from 100 to 10,000 members (memory store)")
+    return {"bench": "controller", "rows": rows,
+            "decisions_per_s_at_1000": mem[1000]["decisions_per_s"],
+            "cost_growth_100_to_10000": round(growth, 2)}
