@@ -16,8 +16,8 @@ import socket
 import time
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -607,6 +607,7 @@ class Controller:
             parent_ckpt = self.store.checkpoint(d.parent_checkpoint)
             crash_point("evaluator.start")
             info = {
+                **dict(d.info),
                 "parent": d.parent,
                 "child": d.child,
                 "parent_overwrites": self.workers[d.parent].overwrites,

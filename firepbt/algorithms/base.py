@@ -165,11 +165,15 @@ class StartEvaluator(Decision):
     parent_checkpoint: int
     child: int
     hparams: Mapping[str, Any]
+    info: Mapping[str, Any] = field(default_factory=dict)  # merged into the evaluator's info
 
 
 @dataclass(frozen=True)
 class StopEvaluator(Decision):
-    """FIRE: free an evaluator. ``reason``: no_overlap | p_value | overwritten | superseded | end."""
+    """FIRE: free an evaluator.
+
+    ``reason``: no_overlap | p_value | overwritten | superseded | end | failed.
+    """
 
     reason: str
     p_value: float | None = None

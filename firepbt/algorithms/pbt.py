@@ -161,7 +161,8 @@ class PBT(Algorithm):
 
     def _ttest_better(self, rival: WorkerView, member: WorkerView) -> bool:
         def sample(w: WorkerView) -> list[float]:
-            return [v for v in w.curve[-self.fitness_window :] if v is not None and not math.isnan(v)]
+            recent = w.curve[-self.fitness_window :]
+            return [v for v in recent if v is not None and not math.isnan(v)]
 
         a, b = sample(rival), sample(member)
         if len(a) < 2:

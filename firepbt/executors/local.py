@@ -6,6 +6,7 @@ trained it last when that process is free, so continuing costs no checkpoint rel
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import time
@@ -181,10 +182,8 @@ class LocalExecutor(Executor):
 
     def close(self) -> None:
         for slot in self._slots:
-            try:
+            with contextlib.suppress(OSError, BrokenPipeError):
                 slot.conn.send(("stop", None))
-            except (OSError, BrokenPipeError):
-                pass
         for slot in self._slots:
             slot.process.join(timeout=2)
             if slot.process.is_alive():

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine (Debian, Python >= 3.11): the offline Fashion-MNIST
+# package, a virtual environment in .venv, firepbt with its torch/rl/dev extras.
+# Idempotent: re-running it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+    echo "installing the Debian package dataset-fashion-mnist (real data, offline)"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+# torch is pinned (==2.13.0, a CPU wheel); a range would pull a multi-GB CUDA build.
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[torch,rl,dev]"
+touch .venv/.firepbt-setup
