@@ -40,8 +40,17 @@ from matplotlib.patches import Patch
 from firepbt.errors import ConfigError
 from firepbt.result import Result, SchedulePiece
 from firepbt.space import Int, LogUniform, Ordered, Space, Uniform
-from firepbt.store import COMPLETED, EVALUATOR, MEMBER, open_store
-from firepbt.store.base import CheckpointRecord, EventRecord, SegmentRecord, Store, WorkerRecord
+from firepbt.store import open_store
+from firepbt.store.base import (
+    COMPLETED,
+    EVALUATOR,
+    MEMBER,
+    CheckpointRecord,
+    EventRecord,
+    SegmentRecord,
+    Store,
+    WorkerRecord,
+)
 
 __all__ = ["write_comparison", "write_report"]
 

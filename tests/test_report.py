@@ -48,7 +48,7 @@ from firepbt.store import (
     WorkerRecord,
     open_store,
 )
-from firepbt.tasks.toys import PlainToy, QuadraticToy
+from firepbt.tasks.toys import DeceptiveToy, QuadraticToy
 
 ODD = "<lr&>"  # a hyperparameter name that must be escaped
 ODD_ESCAPED = "&lt;lr&amp;&gt;"
@@ -168,18 +168,29 @@ def test_report_of_a_fire_run(tmp_path: Path) -> None:
     from firepbt.algorithms.fire import FirePBT
 
     db = str(tmp_path / "f.db")
-    run(PlainToy, algorithm=FirePBT(population=7, smoother="ema"), steps=60, interval=10,
-        eval_every=1, store=db, executor="inprocess")
+    # Settings under which the deceptive toy makes evaluators succeed (see test_fire_run).
+    run(DeceptiveToy, algorithm=FirePBT(population=8, subpop_sizes=(3, 3), smoother="ema"),
+        steps=400, store=db, executor="inprocess", mode="sync", seed=1)
     page = write_report(db).read_text(encoding="utf-8")
     assert_self_contained(page)
     assert len(images(page)) == 3  # curves, schedules, evaluator timeline
-    assert "Evaluators</h2>" in page and "<th>Evaluations</th>" in page
+    assert "Evaluators</h2>" in page
     with open_store(db, create=False) as st:
+        res = Result(st)
         data = _RunData.load(st)
+        for w in data.members():
+            assert data.schedule(w.id) == res.schedule(w.id)
+            assert data.current_curve(w.id) == res.current_curve(w.id)
         assert len(data.subpops()) == 2
         assert len(_fitness_figure(data).axes) == 2  # one panel per sub-population
         started = len(st.events(kind="start_evaluator"))
+        transfers = st.events(kind="transfer")
+    assert transfers  # the run must exercise the transfer table
     assert f"<td>{started} started;" in page
+    assert f"<th>Transfers</th><td>{len(transfers)}</td>" in page
+    for e in transfers:
+        assert (f"<tr><td>{e.step}</td><td>worker {e.donor}</td>"
+                f"<td>worker {e.info['evaluator']}</td><td>worker {e.worker}</td>") in page
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,6 +323,21 @@ def test_fire_store_lineage_and_figures(fire_store: MemoryStore) -> None:
 def test_memory_store_needs_an_out_path(fire_store: MemoryStore) -> None:
     with pytest.raises(ConfigError, match="memory://.*pass out="):
         write_report(fire_store)
+
+
+def test_a_run_without_points_yet(tmp_path: Path) -> None:
+    st = MemoryStore()
+    st.create_experiment({"task": "t", "space": Space(h=Uniform(0.0, 1.0)).to_json(),
+                          "algorithm": {"name": "fire"}, "config": {}})
+    st.put_worker(WorkerRecord(0, MEMBER, 1, {"h": 0.5}, 0, None))
+    st.put_worker(WorkerRecord(1, MEMBER, 2, {"h": 0.5}, 0, None))
+    st.put_worker(WorkerRecord(2, EVALUATOR, 1, {}, 0, None, status=IDLE))
+    page = write_report(st, tmp_path / "e.html").read_text(encoding="utf-8")
+    assert len(images(page)) == 3
+    assert "<th>Best member (P1)</th><td>-</td>" in page
+    assert "<th>Status</th><td>unknown</td>" in page
+    page = write_comparison({"a": st}, tmp_path / "c.html").read_text(encoding="utf-8")
+    assert "<td>a</td><td>fire</td><td>unknown</td><td>-</td><td>-</td>" in page
 
 
 def test_dollar_in_names_is_not_mathtext(tmp_path: Path) -> None:
