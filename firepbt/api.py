@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,7 @@ def run(
     max_failures: int = 3,
     keep_checkpoints: int = 2,
     segment_timeout_s: float | None = None,
+    initial: Sequence[Mapping[str, Any]] | None = None,
     on_event: Callable[[Controller], None] | None = None,
 ) -> Result:
     """Train a population of ``task`` and return a :class:`Result`.
@@ -104,6 +105,11 @@ def run(
             (deterministic, sequential) or an Executor instance.
         seed: seeds sampling, exploit/explore and every member.
         mode: "async" (decide at each worker's ready point) or "sync" (rounds).
+        max_failures: attempts of a segment before its member is replaced from a donor.
+        keep_checkpoints: newest checkpoints kept per worker beyond the pinned ones.
+        segment_timeout_s: a segment running longer is killed and counts as a failure.
+        initial: starting hyperparameters for the members (cycled), instead of sampling.
+        on_event: called with the controller after every handled result (progress).
     """
     from firepbt.algorithms.pbt import PBT
 
@@ -124,13 +130,14 @@ def run(
         segment_timeout_s=segment_timeout_s,
     )
     algorithm = algorithm if algorithm is not None else PBT()
-    st = open_store(store) if isinstance(store, str) else store
     ref = task_ref_of(task)
+    # Everything is validated before the store file is created or a worker starts.
     ex = _executor(executor, obj, ref, workers, segment_timeout_s)
+    st = open_store(store) if isinstance(store, str) else store
     ctl = Controller(
         store=st, executor=ex, checkpoint_root=checkpoint_root_for(st), task_ref=ref,
         space=space, algorithm=algorithm, config=config,
-        init_space=getattr(obj, "INIT_SPACE", None), on_event=on_event,
+        init_space=getattr(obj, "INIT_SPACE", None), initial=initial, on_event=on_event,
     )
     ctl.run()
     return Result(st)

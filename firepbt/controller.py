@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -146,6 +146,7 @@ class Controller:
         algorithm: Algorithm | None = None,
         config: RunConfig | None = None,
         init_space: Space | None = None,
+        initial: Sequence[Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
         on_event: Callable[[Controller], None] | None = None,
     ) -> None:
@@ -165,7 +166,7 @@ class Controller:
                         f"store {store.url!r} holds no experiment: space, algorithm and "
                         "config are needed to start one"
                     )
-                self._create(task_ref, space, algorithm, config, init_space or space)
+                self._create(task_ref, space, algorithm, config, init_space or space, initial)
             else:
                 self._load(existing, task_ref, space, algorithm, config)
         except BaseException:
@@ -181,7 +182,13 @@ class Controller:
         algorithm: Algorithm,
         config: RunConfig,
         init_space: Space,
+        initial: Sequence[Mapping[str, Any]] | None,
     ) -> None:
+        for i, hp in enumerate(initial or ()):
+            try:
+                space.validate(hp)
+            except ConfigError as exc:
+                raise ConfigError(f"initial[{i}]: {exc}") from None
         algorithm.validate(config.interval, config.eval_every or 1, config.steps)
         self.space, self.algorithm, self.config = space, algorithm, config
         self.rng = np.random.default_rng(config.seed)
@@ -200,9 +207,13 @@ class Controller:
                     "created": self.clock(),
                 }
             )
+            members = 0
             for wid, role in enumerate(algorithm.topology()):
                 if role.role == MEMBER:
-                    hp = init_space.sample(self.rng)
+                    # Given starting points (a grid, a warm start) cycle over the members.
+                    hp = (dict(initial[members % len(initial)]) if initial
+                          else init_space.sample(self.rng))
+                    members += 1
                     rec = WorkerRecord(wid, MEMBER, role.subpop, hp, 0, None)
                     self._event("init", wid, 0, new_hparams=hp)
                 else:
@@ -533,10 +544,19 @@ class Controller:
         self._schedule(w.id)
 
     def _ready(self, wid: int) -> None:
+        w = self.workers[wid]
+        finished = w.role == MEMBER and w.step >= self.config.steps
+        if finished:
+            # No exploit at the very end: the new hparams would never be trained with.
+            self._schedule(wid)  # marks it done
         if self.config.mode == "async":
-            self._decide([wid])
+            if not finished:
+                self._decide([wid])
+            elif self._members_done():
+                self._stop_all_evaluators()
             return
-        self.waiting.add(wid)
+        if not finished:
+            self.waiting.add(wid)
         if not self.segs:
             ready = sorted(self.waiting)
             self.waiting.clear()
