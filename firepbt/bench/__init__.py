@@ -12,6 +12,7 @@ BENCHES = {
     "controller": "firepbt.bench.controller",
     "toys": "firepbt.bench.compare",
     "nqm": "firepbt.bench.compare",
+    "batched": "firepbt.bench.batched",
 }
 
 
