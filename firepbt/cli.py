@@ -82,8 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             on_event=progress,
         )
     _print_summary(result.summary())
-    if not args.no_report:
-        print(f"report: {write_report(result.store)}")
+    if args.no_report or args.store.startswith("memory://"):
+        return 0
+    print(f"report: {write_report(result.store)}")
     return 0
 
 
