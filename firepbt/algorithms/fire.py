@@ -47,6 +47,8 @@ FITNESS_SCORES = ("improvement", "time_to_climb")
 EVALUATOR_SHARE = 0.28
 ACTIVE = "active"
 IDLE = "idle"
+# Evaluator info key: its child was drawn at random because P(k-1) had no fitness yet.
+RANDOM_CHILD = "random_child"
 
 
 @dataclass(frozen=True)
@@ -429,17 +431,22 @@ class FirePBT(Algorithm):
                 break
             k = parent.subpop
             child = self._best_child(snapshot, k - 1, round_)
+            info: dict[str, Any] = {}
             if child is None:
                 if k not in shared:
                     shared[k] = self._shared_child(snapshot, k, rng, round_)
                 child = shared[k]
+                # Marked so that later level-k evaluators can find and share this very child.
+                info = {RANDOM_CHILD: True}
             if child < 0:
                 continue  # P(k-1) has no member that could take weights
             evaluator = pool.pop(0)
             checkpoint = round_.overwritten.get(parent.id, parent.checkpoint)
             assert checkpoint is not None
             starts.append(
-                StartEvaluator(evaluator, parent.id, checkpoint, child, dict(views[child].hparams))
+                StartEvaluator(
+                    evaluator, parent.id, checkpoint, child, dict(views[child].hparams), info
+                )
             )
         return starts
 
@@ -465,13 +472,12 @@ class FirePBT(Algorithm):
         """The child shared by all level-k evaluators while P(k-1) has no fitness (-1: none)."""
         candidates = self._child_candidates(snapshot, k - 1, round_)
         ids = {w.id for w in candidates}
-        # Reuse the child of a running level-k evaluator so that all curves stay comparable.
-        # (The controller does not record how a child was chosen; while no fitness exists
-        # any running evaluator's child was the shared one or the best at its start.)
+        # Reuse the random child of a running level-k evaluator so that all curves stay
+        # comparable; an evaluator whose child was the best by fitness is no such child.
         for e in snapshot.subpop(k, role=EVALUATOR):
             if (
                 e.status == ACTIVE
-                and isinstance(round_.evaluators.get(e.id, Continue(e.id)), Continue)
+                and e.info.get(RANDOM_CHILD) is True
                 and int(e.info["child"]) in ids
             ):
                 return int(e.info["child"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from firepbt.algorithms.base import (
     Transfer,
     WorkerView,
 )
-from firepbt.algorithms.fire import FirePBT
+from firepbt.algorithms.fire import RANDOM_CHILD, FirePBT
 from firepbt.algorithms.pbt import PBT
 from firepbt.errors import ConfigError
 from firepbt.space import ExploreConfig, Space, Uniform
@@ -436,15 +437,38 @@ def test_without_any_fitness_all_evaluators_share_one_random_child() -> None:
     for seed in range(20):
         starts = of(decide(alg, snap(workers, ready=[6, 7]), seed), StartEvaluator)
         assert len(starts) == 2 and starts[0].child == starts[1].child
+        assert all(s.info == {RANDOM_CHILD: True} for s in starts)
         chosen.add(starts[0].child)
     assert chosen == {0, 1, 2}  # random, not always the same member
-    # A later evaluator reuses the running evaluator's child.
-    running = evaluator(6, parent=3, child=2, curve=(0.0,))
+    # A later evaluator reuses the running evaluator's random child.
+    plain = evaluator(6, parent=3, child=2, curve=(0.0,))
+    running = replace(plain, info={**plain.info, RANDOM_CHILD: True})
     for seed in range(5):
         (start,) = of(
             decide(alg, snap([*workers[:6], running, idle(7)], [7]), seed), StartEvaluator
         )
-        assert start.child == 2
+        assert (start.child, start.info) == (2, {RANDOM_CHILD: True})
+
+
+def test_a_child_chosen_by_fitness_is_not_taken_for_the_shared_random_one() -> None:
+    alg = fire(warmup_intervals=0)
+    no_curves = [member(i, 1, ()) for i in range(3)]
+    workers = base_population(w0=no_curves[0], w1=no_curves[1], w2=no_curves[2])
+    # Its child 2 was the best P1 member when it started (no random_child mark).
+    running = evaluator(6, parent=3, child=2, curve=(0.0,))
+    chosen = set()
+    for seed in range(20):
+        (start,) = of(
+            decide(alg, snap([*workers[:6], running, idle(7)], [7]), seed), StartEvaluator
+        )
+        chosen.add(start.child)
+    assert chosen == {0, 1, 2}
+
+
+def test_a_child_chosen_by_fitness_carries_no_random_mark() -> None:
+    workers = base_population(w1=member(1, 1, (0.0, 5.0)))
+    starts = of(decide(fire(), snap(workers, ready=[6, 7])), StartEvaluator)
+    assert starts and all(s.child == 1 and s.info == {} for s in starts)
 
 
 def test_no_evaluator_starts_on_a_finished_parent() -> None:
