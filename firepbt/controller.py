@@ -39,7 +39,7 @@ from firepbt.algorithms.base import (
     WorkerView,
 )
 from firepbt.checkpoints import CheckpointDir, collectable
-from firepbt.errors import ConfigError
+from firepbt.errors import ConfigError, ExperimentLocked
 from firepbt.executors.base import Executor
 from firepbt.faults import crash_point
 from firepbt.space import Space, explore
@@ -125,6 +125,19 @@ def _now_holder() -> LockHolder:
     return LockHolder(os.getpid(), socket.gethostname(), time.time(), uuid.uuid4().hex)
 
 
+def _holder_is_dead(holder: LockHolder) -> bool:
+    """Whether the lock holder was a process on this host that no longer exists."""
+    if holder.host != socket.gethostname() or holder.pid == os.getpid():
+        return False
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # exists, owned by another user
+    return False
+
+
 class Controller:
     """Runs one experiment on a store; ``step()`` handles one event, ``run()`` loops.
 
@@ -157,7 +170,7 @@ class Controller:
         self.on_event = on_event
         self.holder = _now_holder()
         self._last_refresh = 0.0
-        store.acquire_lock(self.holder, self.LOCK_STALE_S, time.time())
+        self._take_lock()
         try:
             existing = store.experiment()
             if existing is None:
@@ -174,6 +187,30 @@ class Controller:
             raise
 
     # -- set-up ------------------------------------------------------------------------------
+
+    def _take_lock(self) -> None:
+        """Take the experiment lock; a lock left by a killed controller on this host is stale.
+
+        Raises:
+            ExperimentLocked: a live controller holds the lock (the message names its pid,
+                host and since-time).
+        """
+        try:
+            self.store.acquire_lock(self.holder, self.LOCK_STALE_S, time.time())
+            return
+        except ExperimentLocked:
+            current = self.store.lock_holder()
+            if current is None or not _holder_is_dead(current[0]):
+                raise
+        other, heartbeat = current
+        # Waiting LOCK_STALE_S after a kill would stall every resume; a pid that no longer
+        # exists on this host cannot come back. Count the lock stale at just under its age,
+        # so that a lock a live controller took meanwhile (younger) still refuses us.
+        age = max(time.time() - heartbeat, 0.0)
+        stale = max(age / 2, 1e-3)
+        log.warning("taking over the experiment lock of pid %d on %s: that process is gone",
+                    other.pid, other.host)
+        self.store.acquire_lock(self.holder, stale, max(time.time(), heartbeat + 2 * stale))
 
     def _create(
         self,
@@ -289,6 +326,15 @@ class Controller:
         self._seeds: dict[int, int] = {}
         self.inflight: set[int] = set()
         self.waiting: set[int] = set()
+        if self.config.mode == "sync":
+            # Not stored: in a synchronous round the workers that finished their segment wait
+            # for the rest. They are exactly the active ones without work (a round's decision
+            # commits with its last result), so a resumed round is rebuilt from the store.
+            self.waiting = {
+                wid for wid, w in self.workers.items()
+                if w.status == ACTIVE and wid not in self._seg_of
+                and not (w.role == MEMBER and w.step >= self.config.steps)
+            }
         self._views: dict[int, WorkerView] = {}
         self._tables: dict[int, tuple[dict[int, int], np.ndarray, np.ndarray]] = {}
         for wid in self.workers:

@@ -1,0 +1,74 @@
+"""Shared helpers of the reliability suite: invariant assertions, comparisons, child processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from firepbt.invariants import check_store
+from firepbt.result import Result
+from firepbt.store import Store, open_store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def assert_invariants(store: Store | str | Path) -> None:
+    """Run the invariant checker (what ``firepbt check`` runs) and fail with its problems."""
+    problems = check_store(store if isinstance(store, Store) else str(store))
+    assert problems == [], "\n".join(problems)
+
+
+def without_times(store: Store) -> list[tuple[Any, ...]]:
+    """Events with wall-clock times dropped, for exact run-to-run comparisons."""
+    return [
+        (e.kind, e.worker, e.step, e.donor, e.donor_checkpoint,
+         json.dumps(e.old_hparams, sort_keys=True), json.dumps(e.new_hparams, sort_keys=True),
+         json.dumps(dict(e.info), sort_keys=True, default=str))
+        for e in store.events()
+    ]
+
+
+def fingerprint(path: str | Path) -> dict[str, Any]:
+    """What must be equal between an uninterrupted and a killed-then-resumed run."""
+    store = open_store(str(path), create=False)
+    try:
+        res = Result(store)
+        return {
+            "events": [e for e in without_times(store) if e[0] != "failure"],
+            "schedules": {w.id: res.schedule(w.id) for w in store.workers()},
+            "workers": [(w.id, w.step, json.dumps(w.hparams, sort_keys=True), w.status)
+                        for w in store.workers()],
+            "metrics": [(m.worker, m.step, m.value) for m in store.metrics()],
+            "status": res.status(),
+        }
+    finally:
+        store.close()
+
+
+def run_child(code: str, env: dict[str, str] | None = None, timeout: float = 120
+              ) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh Python process (a controller we may kill), capturing output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=full_env, cwd=str(REPO),
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+def write_task(tmp_path: Path, body: str, name: str = "task_file.py") -> Path:
+    """Write a test-local task module that worker processes import as ``file.py:Name``."""
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def leftover_temp_dirs(ckpt_root: Path) -> list[str]:
+    """Temporary (partial) checkpoint directories left in a checkpoint folder."""
+    if not ckpt_root.exists():
+        return []
+    return sorted(p.name for p in ckpt_root.iterdir() if p.name.startswith(".tmp-"))
