@@ -39,7 +39,6 @@ from firepbt.errors import ConfigError
 from firepbt.integrations.torch import TorchTrainable, single_thread
 from firepbt.space import LogUniform, Space
 
-ENV_ID = "Acrobot-v1"
 NUM_ENVS = 8
 ROLLOUT_STEPS = 16
 HIDDEN = 64
@@ -49,6 +48,13 @@ ADAM_EPS = 1e-5
 RECENT_EPISODES = 20
 WORST_RETURN = -500.0
 """Acrobot's lowest possible return (500 steps at -1), reported before any episode ends."""
+
+_A2C_SPACE = Space(
+    lr=LogUniform(1e-4, 1e-2),
+    entropy_cost=LogUniform(1e-4, 1e-1),
+    gamma=0.99,
+    gae_lambda=0.95,
+)
 
 
 def derived_seed(seed: int, *stream: int) -> int:
@@ -129,7 +135,7 @@ def _check_hparams(hparams: Mapping[str, Any]) -> None:
     }
     for key, (ok, rule) in rules.items():
         if key not in hparams:
-            raise ConfigError(f"hparam {key!r} is missing; AcrobotA2C needs {sorted(rules)}")
+            raise ConfigError(f"hparam {key!r} is missing; A2C needs {sorted(rules)}")
         value = hparams[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(
             value
@@ -137,29 +143,16 @@ def _check_hparams(hparams: Mapping[str, Any]) -> None:
             raise ConfigError(f"hparam {key!r} = {value!r} {rule} (a finite number)")
 
 
-class AcrobotA2C(TorchTrainable):
-    """A2C (GAE, Adam) on Acrobot-v1 with 8 synchronous environments.
+class VectorA2C(TorchTrainable):
+    """A2C (GAE, Adam) with 8 synchronous copies of the gymnasium env ``ENV_ID``.
 
-    Metric: ``evaluate()`` is the mean undiscounted return of the last 20 finished episodes
-    (over all environments), in [-500, 0], higher is better. Before any episode has finished it
-    returns -500, Acrobot's worst return, so an untrained member ranks last rather than invalid.
-
-    One step = 16 environment steps in each of 8 environments (128 transitions) + one update.
-    Hyperparameters: ``lr`` LogUniform(1e-4, 1e-2) (applied to Adam in place),
-    ``entropy_cost`` LogUniform(1e-4, 0.1); constants ``gamma`` 0.99 and ``gae_lambda`` 0.95.
-
-    Measured (1 torch thread, on a shared 2-core machine, so timings are upper-ish bounds):
-    about 25 ms per step; with lr 3e-3 and entropy cost 1e-2 a member goes from -500 to
-    about -100 within roughly 1,000-1,500 steps (see the repository's report for seeds).
+    Subclasses set ``ENV_ID`` (a discrete-action env), ``NO_EPISODE_RETURN`` (the metric
+    before any episode has finished), ``SPACE`` and ``DEFAULTS``.
     """
 
-    SPACE: ClassVar[Space] = Space(
-        lr=LogUniform(1e-4, 1e-2),
-        entropy_cost=LogUniform(1e-4, 1e-1),
-        gamma=0.99,
-        gae_lambda=0.95,
-    )
-    DEFAULTS: ClassVar[dict[str, int]] = {"steps": 3000, "interval": 100, "eval_every": 10}
+    ENV_ID: ClassVar[str]
+    NO_EPISODE_RETURN: ClassVar[float]
+
 
     envs: SyncVectorEnv
     recent: deque[float]
@@ -170,7 +163,7 @@ class AcrobotA2C(TorchTrainable):
         _check_hparams(hparams)
         single_thread()
         self.envs = SyncVectorEnv(
-            [lambda: gym.make(ENV_ID) for _ in range(NUM_ENVS)],
+            [lambda: gym.make(self.ENV_ID) for _ in range(NUM_ENVS)],
             autoreset_mode=AutoresetMode.SAME_STEP,
         )
         obs_space = self.envs.single_observation_space
@@ -262,9 +255,9 @@ class AcrobotA2C(TorchTrainable):
         self.optimizer.step()
 
     def evaluate(self) -> float:
-        """Mean return of the last 20 finished episodes; -500 (worst) before any finished."""
+        """Mean return of the last 20 finished episodes; ``NO_EPISODE_RETURN`` before that."""
         if not self.recent:
-            return WORST_RETURN
+            return self.NO_EPISODE_RETURN
         return float(np.mean(self.recent))
 
     def set_hparams(self, hparams: Mapping[str, Any]) -> None:
@@ -283,3 +276,40 @@ class AcrobotA2C(TorchTrainable):
         super().load(path)
         # Envs cannot be checkpointed: start fresh episodes, seeded so reloading is repeatable.
         self._reset_envs(self.seed, self.step)
+
+
+class AcrobotA2C(VectorA2C):
+    """A2C (GAE, Adam) on Acrobot-v1 with 8 synchronous environments.
+
+    Metric: ``evaluate()`` is the mean undiscounted return of the last 20 finished episodes
+    (over all environments), in [-500, 0], higher is better. Before any episode has finished it
+    returns -500, Acrobot's worst return, so an untrained member ranks last rather than invalid.
+
+    One step = 16 environment steps in each of 8 environments (128 transitions) + one update.
+    Hyperparameters: ``lr`` LogUniform(1e-4, 1e-2) (applied to Adam in place),
+    ``entropy_cost`` LogUniform(1e-4, 0.1); constants ``gamma`` 0.99 and ``gae_lambda`` 0.95.
+
+    MEASURED
+    """
+
+    ENV_ID: ClassVar[str] = "Acrobot-v1"
+    NO_EPISODE_RETURN: ClassVar[float] = WORST_RETURN
+    SPACE: ClassVar[Space] = _A2C_SPACE
+    DEFAULTS: ClassVar[dict[str, int]] = {"steps": 2000, "interval": 100, "eval_every": 10}
+
+
+class LunarLanderA2C(VectorA2C):
+    """A2C on LunarLander-v3 (discrete actions); needs ``pip install "gymnasium[box2d]"``.
+
+    Same algorithm, network, hyperparameters and metric as :class:`AcrobotA2C`. LunarLander has
+    no lowest return (a crash costs -100 on top of the shaping), so before any episode has
+    finished ``evaluate()`` returns -500, below what a random policy scores (about -200).
+    Solved is a mean of 200.
+
+    MEASURED
+    """
+
+    ENV_ID: ClassVar[str] = "LunarLander-v3"
+    NO_EPISODE_RETURN: ClassVar[float] = -500.0
+    SPACE: ClassVar[Space] = _A2C_SPACE
+    DEFAULTS: ClassVar[dict[str, int]] = {"steps": 5000, "interval": 200, "eval_every": 20}

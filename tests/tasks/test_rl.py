@@ -13,7 +13,7 @@ pytest.importorskip("gymnasium")
 
 from firepbt.errors import ConfigError  # noqa: E402
 from firepbt.tasks import rl  # noqa: E402
-from firepbt.tasks.rl import AcrobotA2C  # noqa: E402
+from firepbt.tasks.rl import AcrobotA2C, LunarLanderA2C  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -172,6 +172,17 @@ def test_episodes_reaching_the_time_limit_are_counted() -> None:
     assert list(t.recent) == [-500.0] * rl.NUM_ENVS
     assert t.evaluate() == -500.0
     assert np.all(t._running == -(512 - 500))  # new episodes started after the truncation
+
+
+def test_lunar_lander_builds_trains_and_is_deterministic() -> None:
+    pytest.importorskip("Box2D")
+    a, b = LunarLanderA2C(), LunarLanderA2C()
+    for t in (a, b):
+        t.setup(GOOD, 7)
+        assert t.evaluate() == LunarLanderA2C.NO_EPISODE_RETURN == -500.0
+        t.train(2)
+    assert_same_weights(a, b)
+    assert a._obs.shape == (rl.NUM_ENVS, 8)
 
 
 @pytest.mark.slow
