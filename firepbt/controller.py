@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 import time
 import uuid
 from collections import deque
@@ -123,6 +125,25 @@ def _is_int(x: Any) -> bool:
 
 def _now_holder() -> LockHolder:
     return LockHolder(os.getpid(), socket.gethostname(), time.time(), uuid.uuid4().hex)
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """Make SIGTERM stop the run like Ctrl-C (a clean, resumable exit); returns the undo.
+
+    Only the main thread may set signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 def _holder_is_dead(holder: LockHolder) -> bool:
@@ -375,15 +396,21 @@ class Controller:
         return True
 
     def run(self) -> None:
-        """Loop over ``step()`` until done. Ctrl-C leaves a resumable store."""
+        """Loop over ``step()`` until done. Ctrl-C or SIGTERM leaves a resumable store."""
+        restore = _sigterm_as_interrupt()
         try:
             while self.step(timeout=1.0):
                 pass
         except KeyboardInterrupt:
+            # Every commit is whole, so the store is resumable as it is; the status only tells
+            # `firepbt status` that someone stopped the run on purpose.
             self.store.put_state("status", "stopped")
             raise
         finally:
-            self.close()
+            try:
+                self.close()
+            finally:
+                restore()
 
     def close(self) -> None:
         self.executor.close()
