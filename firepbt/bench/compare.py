@@ -1,0 +1,563 @@
+"""FIRE PBT against PBT and random search at equal worker-steps (``firepbt bench toys|nqm``).
+
+Every method gets the same worker budget: FIRE's members *and* evaluators count as workers
+(8 + 8 + 6 = 22 by default), so PBT and random search run ``22`` members, and every member
+trains ``steps`` steps. Runs use the in-process executor, an in-memory store and synchronous
+rounds, so each (method, seed) is exactly reproducible; seeds are spread over a small process
+pool (the harness only - the engine is unchanged).
+
+The answer of a run is the best member of P1 (``Result.best_metric``): for the toys the final
+objective (the deceptive toy's includes its penalty), for the NQM the loss ``-metric``
+(relative to the starting loss). For the NQM two hand-tuned schedules join the table: step decay
+(x0.1 at 50 % and 75 %) and cosine, each with its peak learning rate tuned on a grid over
+separate tuning seeds; that tuning compute is counted and reported.
+
+``main`` returns (and the CLI prints as JSON)::
+
+    {"bench", "preset", "seeds", "tasks": {task: table}, "decision_cost": {...},
+     "plots": [paths], "wall_s"}
+
+where each ``table`` holds ``steps``, ``interval``, ``population``, ``worker_steps_per_run``,
+``metric`` ("objective" or "loss"), ``higher_is_better``, ``methods`` (per method: ``values``
+by seed, ``mean``, ``std``, ``median``, ``min``, ``max``), ``p_fire_better`` (one-sided
+Mann-Whitney p-values of FIRE against each other method) and ``fire`` (transfers, stop reasons,
+evaluator budget used, transfers in the answer's lineage).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing import get_all_start_methods, get_context
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy import stats
+
+from firepbt.algorithms import PBT, Algorithm, RandomSearch
+from firepbt.algorithms.fire import FirePBT
+from firepbt.api import run
+from firepbt.controller import Controller, RunConfig
+from firepbt.errors import ConfigError
+from firepbt.executors.simulated import SimulatedExecutor
+from firepbt.space import LogUniform, Space
+from firepbt.store import MemoryStore
+from firepbt.store.base import EVALUATOR
+from firepbt.tasks.nqm import NQM, nqm_schedule_loss
+from firepbt.tasks.toys import DeceptiveToy, NumpyTask, PlainToy
+
+POPULATION = 22  # FIRE's default 8 + 8 + 6; PBT and random search get all 22 as members
+SEEDS = {"quick": 3, "full": 20}
+PROCESSES = 2  # the machine has 2 cores and is shared
+METHODS = ("fire", "pbt", "random")
+# Peak learning rates tried for the hand-tuned NQM schedules: a factor sqrt(2) grid from 1/8
+# to sqrt(2), just below the divergence limit 2 / max curvature = 2 (1.0 is the spec's peak).
+PEAK_GRID = tuple(2.0 ** (k / 2) for k in range(-6, 2))
+TUNING_SEEDS = (10_000, 10_001, 10_002)  # disjoint from the evaluation seeds 0..N-1
+
+
+class _PlainFullRange(PlainToy):
+    """Plain toy whose members start anywhere in SPACE (random search never explores)."""
+
+    INIT_SPACE: ClassVar[Space] = PlainToy.SPACE
+
+
+class _DeceptiveFullRange(DeceptiveToy):
+    """Deceptive toy whose members start anywhere in SPACE (random search never explores)."""
+
+    INIT_SPACE: ClassVar[Space] = DeceptiveToy.SPACE
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One benchmark task: what trains, for how long, and how its answer is read.
+
+    Attributes:
+        name: the task's key in the tables ("plain", "deceptive", "nqm").
+        task: the trainable class for FIRE and PBT.
+        random_task: the class random search runs (its members sample the whole SPACE).
+        hparam: the hyperparameter whose learned schedule is reported.
+        higher_is_better: False when the reported value is a loss (``-metric``).
+        steps, interval, eval_every: run settings (``None``: the task's DEFAULTS).
+        population: the worker budget W; FIRE splits it, the others use W members.
+    """
+
+    name: str
+    task: type[NumpyTask]
+    random_task: type[NumpyTask]
+    hparam: str
+    higher_is_better: bool
+    steps: int | None = None
+    interval: int | None = None
+    eval_every: int | None = None
+    population: int = POPULATION
+
+    def settings(self) -> tuple[int, int, int]:
+        """(steps, interval, eval_every) with the task's defaults filled in."""
+        d = self.task.DEFAULTS
+        return (
+            self.steps or d["steps"],
+            self.interval or d["interval"],
+            self.eval_every or d["eval_every"],
+        )
+
+    def algorithm(self, method: str) -> Algorithm:
+        if method == "fire":
+            return FirePBT(population=self.population)
+        if method == "pbt":
+            return PBT(population=self.population)
+        if method == "random":
+            return RandomSearch(population=self.population)
+        raise ConfigError(f"method={method!r}: must be one of {', '.join(METHODS)}")
+
+    def reported(self, metric: float) -> float:
+        """The table's value for a run's best metric (a loss for the NQM)."""
+        return metric if self.higher_is_better else -metric
+
+
+SETUPS = {
+    "plain": Setup("plain", PlainToy, _PlainFullRange, "h", True),
+    "deceptive": Setup("deceptive", DeceptiveToy, _DeceptiveFullRange, "h", True),
+    "nqm": Setup("nqm", NQM, NQM, "lr", False),
+}
+BENCH_TASKS = {"toys": ("deceptive", "plain"), "nqm": ("nqm",)}
+
+
+# --------------------------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _fast_scratch() -> Iterator[None]:
+    """Put the run's checkpoints on tmpfs and keep linear algebra on one thread.
+
+    The in-memory store keeps its checkpoints in ``tempfile``'s directory; on a disk every
+    checkpoint pays several fsyncs (about 2/3 of a PBT toy run), on /dev/shm they are free.
+    BLAS threads on a 2-core machine shared by two runs make each small GP fit 10-30x slower.
+    """
+    from threadpoolctl import threadpool_limits
+
+    shm = Path("/dev/shm")
+    parent = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    old = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="firepbt-compare-", dir=parent) as tmp, \
+            threadpool_limits(limits=1):
+        tempfile.tempdir = tmp
+        try:
+            yield
+        finally:
+            tempfile.tempdir = old
+
+
+def run_one(setup: Setup, method: str, seed: int) -> dict[str, Any]:
+    """Train one population and summarise it.
+
+    Returns:
+        ``value`` (the reported number), ``metric``, ``wall_s``, ``transfers``, ``exploits``,
+        ``stop_reasons``, ``evaluator_steps`` (worker-steps spent by evaluators),
+        ``lineage_transfers`` (pieces of the answer's schedule trained by evaluators),
+        ``schedule`` ([start, end, value] of ``setup.hparam`` along the answer's lineage).
+    """
+    steps, interval, eval_every = setup.settings()
+    task = setup.random_task if method == "random" else setup.task
+    t0 = time.perf_counter()
+    with _fast_scratch():
+        result = run(
+            task, algorithm=setup.algorithm(method), steps=steps, interval=interval,
+            eval_every=eval_every, store="memory://", executor="inprocess", workers=1,
+            seed=seed, mode="sync",
+        )
+        wall = time.perf_counter() - t0
+        metric, best = result.best_metric, result.best
+        if metric is None or best is None:
+            raise RuntimeError(f"{setup.name}/{method}/seed {seed}: no member has a valid metric")
+        evaluators = {w.id for w in result.store.workers() if w.role == EVALUATOR}
+        pieces = result.schedule(best)
+        stops = result.events("stop_evaluator")
+        out = {
+            "method": method, "seed": seed, "value": setup.reported(metric), "metric": metric,
+            "wall_s": round(wall, 2),
+            "transfers": len(result.events("transfer")),
+            "exploits": len(result.events("exploit")),
+            "stop_reasons": dict(Counter(str(e.info["reason"]) for e in stops)),
+            "evaluator_steps": sum(e.step - int(e.info["start_step"]) for e in stops),
+            "lineage_transfers": sum(1 for p in pieces if p.worker in evaluators),
+            "schedule": [[p.start_step, p.end_step, float(p.hparams[setup.hparam])]
+                         for p in pieces],
+        }
+        result.store.close()
+    return out
+
+
+def _job(args: tuple[Setup, str, int]) -> dict[str, Any]:
+    return run_one(*args)
+
+
+def run_all(
+    setup: Setup, methods: Sequence[str], seeds: Sequence[int], processes: int = PROCESSES,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every (method, seed) of ``setup``; results by method, in seed order."""
+    jobs = [(setup, m, s) for s in seeds for m in methods]
+    if processes <= 1:
+        outs = []
+        for job in jobs:
+            outs.append(_job(job))
+            if progress:
+                progress(outs[-1])
+    else:
+        # fork where there is one: spawn would re-run the caller's __main__ script in every
+        # worker; the harness holds no threads or open stores at this point.
+        method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(processes, mp_context=get_context(method)) as pool:
+            outs = []
+            for out in pool.map(_job, jobs):
+                outs.append(out)
+                if progress:
+                    progress(out)
+    by_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for out in outs:
+        by_method[out["method"]].append(out)
+    return by_method
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def describe(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample std, median, min, max and the values themselves."""
+    vals = [float(v) for v in values]
+    return {
+        "values": vals, "n": len(vals), "mean": statistics.fmean(vals),
+        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+        "median": statistics.median(vals), "min": min(vals), "max": max(vals),
+    }
+
+
+def fire_better_p(fire: Sequence[float], other: Sequence[float], higher_is_better: bool) -> float:
+    """One-sided Mann-Whitney U p-value of "FIRE's values are better than ``other``'s".
+
+    Small when FIRE's values tend to be larger (``higher_is_better``) or smaller (a loss).
+    """
+    alternative = "greater" if higher_is_better else "less"
+    return float(stats.mannwhitneyu(fire, other, alternative=alternative).pvalue)
+
+
+# --------------------------------------------------------------------------------------------
+# NQM hand-tuned schedules
+# --------------------------------------------------------------------------------------------
+
+
+def step_decay(peak: float, steps: int) -> Callable[[int], float]:
+    """x0.1 at 50 % and again at 75 % of training (the spec's hand-tuned schedule)."""
+    return lambda t: peak * (1.0 if t < steps // 2 else 0.1 if t < 3 * steps // 4 else 0.01)
+
+
+def cosine(peak: float, steps: int) -> Callable[[int], float]:
+    """Cosine decay from ``peak`` to 0."""
+    return lambda t: peak * 0.5 * (1.0 + math.cos(math.pi * t / steps))
+
+
+SCHEDULES: dict[str, Callable[[float, int], Callable[[int], float]]] = {
+    "step": step_decay, "cosine": cosine,
+}
+
+
+def tune_schedules(
+    steps: int, seeds: Sequence[int], grid: Sequence[float] = PEAK_GRID,
+    tuning_seeds: Sequence[int] = TUNING_SEEDS,
+) -> dict[str, dict[str, Any]]:
+    """Pick each schedule's peak by mean loss over ``tuning_seeds``; evaluate it on ``seeds``.
+
+    Returns, per schedule: ``peak``, ``tuning`` (mean loss per peak), ``tuning_worker_steps``
+    (grid x tuning seeds x steps, the compute the tuning spent) and ``values`` (loss per seed).
+    """
+    out = {}
+    for name, make in SCHEDULES.items():
+        tuning = {
+            peak: statistics.fmean(nqm_schedule_loss(make(peak, steps), steps, s)
+                                   for s in tuning_seeds)
+            for peak in grid
+        }
+        # A diverged peak gives inf/nan; it can never be chosen.
+        finite = {p: v for p, v in tuning.items() if math.isfinite(v)}
+        peak = min(finite, key=lambda p: finite[p])
+        out[name] = {
+            "peak": peak, "tuning": {f"{p:.4g}": v for p, v in tuning.items()},
+            "tuning_worker_steps": len(grid) * len(tuning_seeds) * steps,
+            "values": [nqm_schedule_loss(make(peak, steps), steps, s) for s in seeds],
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def compare_task(
+    setup: Setup, seeds: Sequence[int], processes: int = PROCESSES,
+    methods: Sequence[str] = METHODS, verbose: bool = True,
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """The table of one task (see the module docstring) and the raw runs by method."""
+    steps, interval, eval_every = setup.settings()
+
+    def progress(out: dict[str, Any]) -> None:
+        if verbose:
+            print(f"  {setup.name} {out['method']:>6} seed {out['seed']:>3}: "
+                  f"{out['value']:+.5f} ({out['wall_s']:.1f} s, {out['transfers']} transfers)",
+                  flush=True)
+
+    runs = run_all(setup, methods, seeds, processes, progress)
+    table: dict[str, Any] = {
+        "task": setup.name, "steps": steps, "interval": interval, "eval_every": eval_every,
+        "population": setup.population, "worker_steps_per_run": setup.population * steps,
+        "metric": "objective" if setup.higher_is_better else "loss",
+        "higher_is_better": setup.higher_is_better, "seeds": list(seeds),
+        "methods": {m: describe([r["value"] for r in runs[m]]) for m in methods},
+    }
+    if setup.name == "nqm":
+        hand = tune_schedules(steps, seeds)
+        for name, h in hand.items():
+            table["methods"][name] = {**describe(h["values"]), "peak": h["peak"],
+                                      "tuning": h["tuning"],
+                                      "tuning_worker_steps": h["tuning_worker_steps"]}
+    if "fire" in methods:
+        fire_vals = table["methods"]["fire"]["values"]
+        table["p_fire_better"] = {
+            m: fire_better_p(fire_vals, v["values"], setup.higher_is_better)
+            for m, v in table["methods"].items() if m != "fire"
+        }
+        fire_runs = runs["fire"]
+        reasons: Counter[str] = Counter()
+        for r in fire_runs:
+            reasons.update(r["stop_reasons"])
+        n_eval = FirePBT(population=setup.population).n_evaluators
+        table["fire"] = {
+            "transfers": [r["transfers"] for r in fire_runs],
+            "lineage_transfers": [r["lineage_transfers"] for r in fire_runs],
+            "stop_reasons": dict(sorted(reasons.items())),
+            # Share of the evaluators' steps (n_eval x steps) they actually trained.
+            "evaluator_budget_used": statistics.fmean(
+                r["evaluator_steps"] / (n_eval * steps) for r in fire_runs),
+        }
+    table["wall_s"] = {m: round(sum(r["wall_s"] for r in runs[m]), 1) for m in methods}
+    return table, runs
+
+
+def format_table(table: dict[str, Any]) -> str:
+    """A plain-text table: one row per method, then the p-values and FIRE's diagnostics."""
+    better = "higher" if table["higher_is_better"] else "lower"
+    lines = [f"{table['task']}: {table['metric']} ({better} is better), W = "
+             f"{table['population']} workers x {table['steps']} steps, {len(table['seeds'])} seeds"]
+    lines.append(f"  {'method':<8} {'mean':>10} {'std':>9} {'median':>10} {'min':>10} {'max':>10}")
+    for m, d in table["methods"].items():
+        extra = f"  (peak lr {d['peak']:.3g})" if "peak" in d else ""
+        lines.append(f"  {m:<8} {d['mean']:>10.5f} {d['std']:>9.5f} {d['median']:>10.5f} "
+                     f"{d['min']:>10.5f} {d['max']:>10.5f}{extra}")
+    for m, d in table["methods"].items():
+        lines.append(f"  {m:<8} per seed: " + " ".join(f"{v:.4f}" for v in d["values"]))
+    for m, p in table.get("p_fire_better", {}).items():
+        lines.append(f"  one-sided Mann-Whitney p(FIRE better than {m}) = {p:.3g}")
+    if "fire" in table:
+        f = table["fire"]
+        lines.append(f"  FIRE transfers per seed: {f['transfers']}; in the answer's lineage: "
+                     f"{f['lineage_transfers']}")
+        lines.append(f"  FIRE evaluator stops: {f['stop_reasons']}; evaluator budget used "
+                     f"{f['evaluator_budget_used']:.0%}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Decision cost
+# --------------------------------------------------------------------------------------------
+
+
+def decision_cost(
+    algorithm: Algorithm, intervals: int = 10, interval: int = 10, repeats: int = 3
+) -> dict[str, Any]:
+    """Controller time per handled result with the simulated executor (no training, no files).
+
+    The best of ``repeats`` runs is kept (the machine is shared; the minimum is the cost).
+    """
+    best: dict[str, Any] | None = None
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp, _fast_scratch():
+            store = MemoryStore()
+            ctl = Controller(
+                store=store, executor=SimulatedExecutor(capacity=1),
+                checkpoint_root=Path(tmp) / "ckpt", space=Space(lr=LogUniform(1e-3, 1.0)),
+                algorithm=algorithm,
+                config=RunConfig(steps=interval * intervals, interval=interval, eval_every=1),
+            )
+            ctl.start()
+            handled = 0
+
+            def count(_: Controller) -> None:
+                nonlocal handled
+                handled += 1
+
+            ctl.on_event = count
+            t0 = time.perf_counter()
+            while ctl.step(timeout=0):
+                pass
+            wall = time.perf_counter() - t0
+            transfers = len(store.events(kind="transfer"))
+            starts = len(store.events(kind="start_evaluator"))
+            ctl.close()
+            store.close()
+        row = {"results": handled, "wall_s": round(wall, 3),
+               "us_per_result": round(1e6 * wall / max(handled, 1), 1),
+               "evaluator_starts": starts, "transfers": transfers}
+        if best is None or row["us_per_result"] < best["us_per_result"]:
+            best = row
+    assert best is not None
+    return best
+
+
+def measure_decision_cost(workers: int = 100, intervals: int = 10) -> dict[str, Any]:
+    """FIRE (GP and EMA smoothing) against PBT at ``workers`` workers; ratios to PBT."""
+    rows = {
+        "pbt": decision_cost(PBT(population=workers), intervals),
+        "fire_gp": decision_cost(FirePBT(population=workers, smoother="gp"), intervals),
+        "fire_ema": decision_cost(FirePBT(population=workers, smoother="ema"), intervals),
+    }
+    base = rows["pbt"]["us_per_result"]
+    return {
+        "workers": workers, "intervals": intervals, "rows": rows,
+        "ratio_fire_gp_to_pbt": round(rows["fire_gp"]["us_per_result"] / base, 2),
+        "ratio_fire_ema_to_pbt": round(rows["fire_ema"]["us_per_result"] / base, 2),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+
+def median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose value is the (lower) median of ``runs``."""
+    ordered = sorted(runs, key=lambda r: (r["value"], r["seed"]))
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def _step_xy(schedule: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
+    xs: list[float] = []
+    ys: list[float] = []
+    for start, end, value in schedule:
+        xs += [start, end]
+        ys += [value, value]
+    return xs, ys
+
+
+def plot_schedules(
+    setup: Setup, runs: dict[str, list[dict[str, Any]]], path: Path,
+    references: dict[str, Callable[[int], float]],
+) -> Path:
+    """The answer's learned schedule of the median-seed run per method, with references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = setup.settings()[0]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, rs in runs.items():
+        r = median_run(rs)
+        xs, ys = _step_xy(r["schedule"])
+        ax.plot(xs, ys, label=f"{method} (seed {r['seed']}, {r['value']:.4g})")
+    t = np.arange(steps)
+    for name, fn in references.items():
+        ax.plot(t, [fn(int(s)) for s in t], "--", color="gray" if "linear" in name else None,
+                label=name, alpha=0.8)
+    if setup.hparam == "lr":
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(setup.hparam)
+    ax.set_title(f"{setup.name}: {setup.hparam} along the answer's lineage (median seed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def main(
+    name: str = "toys", preset: str = "quick", seeds: int | None = None,
+    processes: int = PROCESSES, plots_dir: Path | None = None,
+    setups: dict[str, Setup] | None = None, cost_workers: int = 100,
+) -> dict[str, Any]:
+    """Run the comparison for ``name`` ("toys" or "nqm") and print its tables.
+
+    Args:
+        name: "toys" (deceptive and plain toy) or "nqm".
+        preset: "quick" (3 seeds) or "full" (20 seeds; also writes the plots).
+        seeds: number of seeds (0..seeds-1), overriding the preset.
+        processes: size of the process pool over runs.
+        plots_dir: where plots go; default ``docs/img`` for ``full``, none for ``quick``.
+        setups: task settings by key (tests shrink them); default :data:`SETUPS`.
+        cost_workers: population of the decision-cost measurement (0 skips it).
+    """
+    if name not in BENCH_TASKS:
+        raise ConfigError(f"bench {name!r}: compare runs {' or '.join(BENCH_TASKS)}")
+    if preset not in SEEDS:
+        raise ConfigError(f"preset={preset!r}: must be one of {', '.join(SEEDS)}")
+    n = seeds if seeds is not None else SEEDS[preset]
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"seeds={seeds!r}: must be an integer >= 1")
+    if plots_dir is None and preset == "full":
+        plots_dir = Path("docs/img")
+    setups = SETUPS if setups is None else setups
+    t0 = time.perf_counter()
+    tables: dict[str, Any] = {}
+    plots: list[str] = []
+    for key in BENCH_TASKS[name]:
+        setup = setups[key]
+        print(f"{key}: {n} seeds x {len(METHODS)} methods", flush=True)
+        table, runs = compare_task(setup, list(range(n)), processes)
+        tables[key] = table
+        print(format_table(table), flush=True)
+        if plots_dir is not None:
+            plots.append(str(_plot(setup, table, runs, plots_dir)))
+    cost = measure_decision_cost(cost_workers) if cost_workers else None
+    if cost is not None:
+        rows = cost["rows"]
+        print(f"decision cost at {cost_workers} workers (simulated executor): PBT "
+              f"{rows['pbt']['us_per_result']:.0f} us/result, FIRE (GP) "
+              f"{rows['fire_gp']['us_per_result']:.0f} (x{cost['ratio_fire_gp_to_pbt']}), "
+              f"FIRE (EMA) {rows['fire_ema']['us_per_result']:.0f} "
+              f"(x{cost['ratio_fire_ema_to_pbt']})", flush=True)
+    return {"bench": name, "preset": preset, "seeds": n, "tasks": tables,
+            "decision_cost": cost, "plots": plots,
+            "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def _plot(setup: Setup, table: dict[str, Any], runs: dict[str, list[dict[str, Any]]],
+          plots_dir: Path) -> Path:
+    steps = setup.settings()[0]
+    refs: dict[str, Callable[[int], float]] = {}
+    if setup.name == "nqm":
+        for sched in ("step", "cosine"):
+            peak = table["methods"][sched]["peak"]
+            refs[f"hand-tuned {sched} (peak {peak:.3g})"] = SCHEDULES[sched](peak, steps)
+    elif setup.name == "deceptive":
+        refs["linear target"] = DeceptiveToy.target
+    return plot_schedules(setup, runs, plots_dir / f"{setup.name}_schedules.png", refs)
