@@ -446,3 +446,25 @@ def test_sync_pbt_run_end_to_end_matches_the_single_task() -> None:
         np.testing.assert_allclose(values(b_curves[w]), values(curve), rtol=1e-4)
     assert [(e.kind, e.worker, e.donor) for e in batched.events()] == [
         (e.kind, e.worker, e.donor) for e in single.events()]
+
+
+# --- the benchmark -------------------------------------------------------------------------------
+
+
+def test_bench_reports_rates_and_speedups(monkeypatch: pytest.MonkeyPatch) -> None:
+    from firepbt.bench import batched as bench
+
+    monkeypatch.setattr(bench, "MEMBERS", 3)
+    monkeypatch.setattr(bench, "METHODS", ("batched", "sequential"))  # no process spawning
+    monkeypatch.setitem(bench.PRESETS, "quick", {"steps": 4, "repeats": 1})
+    out = bench.main(preset="quick")
+    assert out["members"] == 3 and out["steps_per_member"] == 4
+    assert out["workloads"].keys() == {"train+eval", "train"}
+    for workload in out["workloads"].values():
+        rates = workload["methods"]
+        for r in rates.values():
+            assert r["member_steps_per_s"] == pytest.approx(3 * 4 / r["wall_s"])
+        assert workload["speedup"]["batched_vs_sequential"] == pytest.approx(
+            rates["batched"]["member_steps_per_s"] / rates["sequential"]["member_steps_per_s"])
+    with pytest.raises(ConfigError, match="preset='huge'"):
+        bench.main(preset="huge")
