@@ -21,6 +21,8 @@ BUILTIN = {
     "fmnist-cnn": "firepbt.tasks.fmnist:FashionMNISTCNN",
     "teacher-student": "firepbt.tasks.teacher_student:TeacherStudent",
     "sleep": "firepbt.tasks.sleep:SleepTask",
+    "acrobot": "firepbt.tasks.rl:AcrobotA2C",
+    "lunarlander": "firepbt.tasks.rl:LunarLanderA2C",
 }
 
 
