@@ -13,6 +13,9 @@ BENCHES = {
     "toys": "firepbt.bench.compare",
     "nqm": "firepbt.bench.compare",
     "batched": "firepbt.bench.batched",
+    "teacher-student": "firepbt.bench.real",
+    "fmnist": "firepbt.bench.real",
+    "rl": "firepbt.bench.real",
 }
 
 
