@@ -118,16 +118,26 @@ def to_row(rec: R) -> Row:
     return tuple(row)
 
 
+# Per record type and column, how to decode a stored value (None: use it as it is).
+_DECODERS: dict[type, tuple[Callable[[Any], Any] | None, ...]] = {
+    cls: tuple(
+        load_json if f.name in JSON_FIELDS else bool if f.name == "deleted" else None
+        for f in fields(cls)
+    )
+    for cls in (WorkerRecord, CheckpointRecord, SegmentRecord, MetricRow, EventRecord)
+}
+
+
 def from_row(cls: type[R], row: Sequence[Any]) -> R:
     """Decode a row written by :func:`to_row` into a fresh record."""
-    kwargs: dict[str, Any] = {}
-    for f, value in zip(fields(cls), row, strict=True):
-        if f.name in JSON_FIELDS and value is not None:
-            value = load_json(value)
-        elif f.name == "deleted":
-            value = bool(value)
-        kwargs[f.name] = value
-    return cls(**kwargs)
+    # Called once per row on every read (hundreds of thousands for metrics): keep it lean.
+    if cls is MetricRow:  # no column needs decoding
+        return cls(*row)
+    values = [
+        value if decode is None or value is None else decode(value)
+        for decode, value in zip(_DECODERS[cls], row, strict=True)
+    ]
+    return cls(*values)
 
 
 K = TypeVar("K", bound=Hashable)

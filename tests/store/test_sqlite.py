@@ -72,6 +72,18 @@ def _truncated_store(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def _damaged_table(path: Path) -> None:
+    """Overwrite the metrics table's root page: the schema and meta still read fine."""
+    _make_store(path)
+    raw = sqlite3.connect(path)
+    root = raw.execute("SELECT rootpage FROM sqlite_master WHERE name = 'metrics'").fetchone()[0]
+    page_size = raw.execute("PRAGMA page_size").fetchone()[0]
+    raw.close()
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xa5" * page_size)
+
+
 @pytest.mark.parametrize(
     ("make", "match"),
     [
@@ -80,8 +92,9 @@ def _truncated_store(path: Path) -> None:
         (lambda p: p.write_bytes(b"SQLite format 3\x00" + b"\xff" * 200), "damaged"),
         (_foreign_db, "not a firepbt store"),
         (_truncated_store, "damaged"),
+        (_damaged_table, "damaged"),  # found only by the integrity check at open
     ],
-    ids=["garbage", "empty", "bad-pages", "foreign", "truncated"],
+    ids=["garbage", "empty", "bad-pages", "foreign", "truncated", "damaged-table"],
 )
 def test_corrupt_file_is_refused_and_left_untouched(tmp_path: Path, make, match: str) -> None:
     path = tmp_path / "exp.db"
