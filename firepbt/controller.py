@@ -9,6 +9,7 @@ from their recorded start checkpoint.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ import signal
 import socket
 import threading
 import time
+import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -344,6 +346,7 @@ class Controller:
         self.pending: deque[int] = deque(sorted(self.segs))
         self._seg_of: dict[int, int] = {seg.worker: sid for sid, seg in self.segs.items()}
         self._new_checkpoints = 0
+        self._halted: str | None = None
         self._seeds: dict[int, int] = {}
         self.inflight: set[int] = set()
         self.waiting: set[int] = set()
@@ -524,7 +527,9 @@ class Controller:
                 "rejected a stale result for worker %d segment %d (epoch %d)",
                 r.worker, r.segment, r.epoch,
             )
-            if r.checkpoint_path is not None:
+            if r.checkpoint_path is not None and not self._recorded(r.checkpoint_path):
+                # Written under the old lease and never committed: nobody can refer to it. A
+                # duplicate delivery of a committed result must keep its checkpoint, though.
                 self.ckpt.delete(r.checkpoint_path)
             return
         crash_point("controller.before_commit")
@@ -535,10 +540,24 @@ class Controller:
                 self._completed_segment(seg, r)
             self._persist()
         crash_point("controller.after_commit")
+        if self._halted is not None:
+            raise OSError(errno.ENOSPC, f"{self._halted}; the run stopped with its state saved: "
+                          "free some space, then resume it")
         # Amortised: collect once a quarter of the population has written new checkpoints.
         if self._new_checkpoints > len(self.workers) // 4:
             self._new_checkpoints = 0
             self._collect_garbage()
+
+    def _recorded(self, path: str) -> bool:
+        """Whether ``path`` is the directory of a checkpoint the store knows."""
+        name = Path(path).name
+        if not (name.startswith("c") and name[1:].isdigit()):
+            return False
+        try:
+            self.store.checkpoint(int(name[1:]))
+        except KeyError:
+            return False
+        return True
 
     def _completed_segment(self, seg: SegmentRecord, r: SegmentResult) -> None:
         assert r.checkpoint_path is not None and r.checksum is not None
@@ -572,6 +591,17 @@ class Controller:
         self._event("failure", w.id, seg.start_step, info={"attempt": attempts, "error": error})
         log.warning("worker %d failed segment %d (attempt %d): %s", w.id, seg.id, attempts,
                     error.strip().splitlines()[-1] if error.strip() else error)
+        if _disk_full(error):
+            # Retrying cannot help while the disk is full, and replacing the member from a donor
+            # would only spread the failure over the population: keep the segment for the
+            # resume (under a new lease) and stop the run after this commit.
+            self.store.put_segment(replace(
+                seg, epoch=seg.epoch + 1, attempts=attempts, error=error,
+                to_checkpoint=self.store.next_id("checkpoint"),
+            ))
+            self.store.put_state("status", "stopped")
+            self._halted = f"worker {w.id} segment {seg.id}: disk full"
+            return
         if attempts < self.config.max_failures:
             # Transient: re-run the same segment from its start checkpoint under a new lease.
             retry = replace(
@@ -648,7 +678,16 @@ class Controller:
             total_steps=self.config.steps,
             tables=self._snapshot_tables(),
         )
-        decisions = self.algorithm.decide(snapshot, self.rng)
+        try:
+            decisions = self.algorithm.decide(snapshot, self.rng)
+        except Exception:  # noqa: BLE001 - user code (a custom explore) must not end the run
+            error = traceback.format_exc()
+            log.warning("the algorithm failed to decide for workers %s; they continue: %s",
+                        ready, error.strip().splitlines()[-1])
+            for wid in ready:
+                self._event("decision_failed", wid, self.workers[wid].step,
+                            info={"error": error})
+            decisions = []
         self.tick += 1
         decided: set[int] = set()
         for d in decisions:
@@ -681,6 +720,8 @@ class Controller:
                 self.executor.writes_checkpoints and not Path(donor_ckpt.path).exists()
             ):
                 # A pinned version should never be gone; if it is, skip rather than load garbage.
+                log.warning("worker %d: exploit of worker %d's checkpoint %d skipped: it is gone",
+                            w.id, d.donor, d.donor_checkpoint)
                 self._event("exploit_skipped", w.id, w.step, donor=d.donor,
                             donor_checkpoint=d.donor_checkpoint,
                             info={"why": "donor checkpoint missing"})
@@ -857,6 +898,13 @@ class Controller:
         if self.store.get_state("status") != "finished":
             with self.store.transaction():
                 self.store.put_state("status", "finished")
+
+
+def _disk_full(error: str) -> bool:
+    """Whether a worker's traceback ends in ENOSPC (no space left on the device)."""
+    lines = error.strip().splitlines()
+    return bool(lines) and (f"[Errno {errno.ENOSPC}]" in lines[-1]
+                            or "No space left on device" in lines[-1])
 
 
 def _num(x: float | None) -> float | None:

@@ -41,7 +41,15 @@ def _worker_main(conn: Connection, task_ref: str, threads: int) -> None:
         if kind == "forget":
             state.forget(payload)
             continue
-        conn.send(state.run(payload))
+        # Tell the parent the segment starts now: its timeout must not count the time this
+        # process spent starting up and importing the task.
+        conn.send(("started", None))
+        conn.send(("result", state.run(payload)))
+
+
+#: Extra seconds a segment's timeout allows before its worker reports that it started (a fresh
+#: process imports the task first, which can take long on a busy machine).
+STARTUP_GRACE_S = 120.0
 
 
 @dataclass
@@ -50,6 +58,10 @@ class _Slot:
     conn: Connection
     spec: SegmentSpec | None = None
     started: float = 0.0
+    running: bool = False  # the worker reported that it started the segment
+
+    def deadline(self, timeout_s: float) -> float:
+        return self.started + timeout_s + (0.0 if self.running else STARTUP_GRACE_S)
 
 
 class LocalExecutor(Executor):
@@ -107,7 +119,7 @@ class LocalExecutor(Executor):
         i = last if last in free else free[0]
         slot = self._slots[i]
         slot.conn.send(("run", spec))
-        slot.spec, slot.started = spec, time.monotonic()
+        slot.spec, slot.started, slot.running = spec, time.monotonic(), False
         self._last_slot[spec.worker] = i
 
     def _fail(self, i: int, why: str) -> SegmentResult:
@@ -128,39 +140,60 @@ class LocalExecutor(Executor):
         )
 
     def poll(self, timeout: float | None) -> list[SegmentResult]:
-        busy = [i for i, s in enumerate(self._slots) if s.spec is not None]
-        if not busy:
-            return []
-        if self.segment_timeout_s is not None:
-            now = time.monotonic()
-            left = min(self._slots[i].started + self.segment_timeout_s - now for i in busy)
-            timeout = max(0.0, left) if timeout is None else max(0.0, min(timeout, left))
-        waitables: list[Any] = []
-        for i in busy:
-            waitables += [self._slots[i].conn, self._slots[i].process.sentinel]
-        ready = set(wait(waitables, timeout))
         results: list[SegmentResult] = []
-        for i in busy:
-            slot = self._slots[i]
-            assert slot.spec is not None
-            if slot.conn in ready:
-                try:
-                    results.append(slot.conn.recv())
-                    slot.spec = None
-                    continue
-                except (EOFError, OSError):
-                    pass
-            if slot.conn in ready or slot.process.sentinel in ready:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Loop until a result, a failure or the caller's timeout: a "started" message alone
+        # only restarts a segment's clock.
+        while True:
+            busy = [i for i, s in enumerate(self._slots) if s.spec is not None]
+            if not busy:
+                return results
+            now = time.monotonic()
+            wait_s = None if deadline is None else max(0.0, deadline - now)
+            if self.segment_timeout_s is not None:
+                left = min(self._slots[i].deadline(self.segment_timeout_s) - now for i in busy)
+                wait_s = max(0.0, left) if wait_s is None else max(0.0, min(wait_s, left))
+            waitables: list[Any] = []
+            for i in busy:
+                waitables += [self._slots[i].conn, self._slots[i].process.sentinel]
+            ready = set(wait(waitables, wait_s))
+            for i in busy:
+                result = self._check(i, ready)
+                if result is not None:
+                    results.append(result)
+            if results or (deadline is not None and time.monotonic() >= deadline):
+                return results
+
+    def _check(self, i: int, ready: set[Any]) -> SegmentResult | None:
+        """The result or failure of slot ``i``'s segment, if there is one now."""
+        slot = self._slots[i]
+        assert slot.spec is not None
+        if slot.conn in ready:
+            try:
+                while slot.conn.poll():
+                    kind, payload = slot.conn.recv()
+                    if kind == "started":
+                        slot.started, slot.running = time.monotonic(), True
+                    else:
+                        slot.spec = None
+                        return payload
+            except (EOFError, OSError):
+                pass
+            else:
+                if slot.process.sentinel not in ready:
+                    return None
+        if slot.conn in ready or slot.process.sentinel in ready:
+            code = slot.process.exitcode
+            if code is None:
+                slot.process.join(timeout=5)
                 code = slot.process.exitcode
-                results.append(self._fail(i, f"worker process died (exit code {code})"))
-            elif (
-                self.segment_timeout_s is not None
-                and time.monotonic() - slot.started > self.segment_timeout_s
-            ):
-                results.append(
-                    self._fail(i, f"segment timed out after {self.segment_timeout_s:g} s")
-                )
-        return results
+            return self._fail(i, f"worker process died (exit code {code})")
+        if (
+            self.segment_timeout_s is not None
+            and time.monotonic() > slot.deadline(self.segment_timeout_s)
+        ):
+            return self._fail(i, f"segment timed out after {self.segment_timeout_s:g} s")
+        return None
 
     def cancel(self, worker: int) -> None:
         i = self._last_slot.pop(worker, None)

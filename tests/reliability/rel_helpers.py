@@ -33,13 +33,18 @@ def without_times(store: Store) -> list[tuple[Any, ...]]:
     ]
 
 
-def fingerprint(path: str | Path) -> dict[str, Any]:
-    """What must be equal between an uninterrupted and a killed-then-resumed run."""
+def fingerprint(path: str | Path, checkpoint_ids: bool = True) -> dict[str, Any]:
+    """What must be equal between an uninterrupted and a killed-then-resumed run.
+
+    ``checkpoint_ids=False`` blanks donor checkpoint ids: a retried segment writes under a new
+    id (so that a late write under the old lease can never collide), shifting later ids.
+    """
     store = open_store(str(path), create=False)
     try:
         res = Result(store)
         return {
-            "events": [e for e in without_times(store) if e[0] != "failure"],
+            "events": [e if checkpoint_ids else (*e[:4], None, *e[5:])
+                       for e in without_times(store) if e[0] != "failure"],
             "schedules": {w.id: res.schedule(w.id) for w in store.workers()},
             "workers": [(w.id, w.step, json.dumps(w.hparams, sort_keys=True), w.status)
                         for w in store.workers()],
