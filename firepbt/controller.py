@@ -347,6 +347,7 @@ class Controller:
         self._seg_of: dict[int, int] = {seg.worker: sid for sid, seg in self.segs.items()}
         self._new_checkpoints = 0
         self._halted: str | None = None
+        self._warned_invalid: set[int] = set()
         self._seeds: dict[int, int] = {}
         self.inflight: set[int] = set()
         self.waiting: set[int] = set()
@@ -617,8 +618,11 @@ class Controller:
         del self._seg_of[seg.worker]
         if w.role == EVALUATOR:
             self._apply(StopEvaluator(w.id, "failed"))
-            return
-        self._replace_failed(w, error)
+        else:
+            self._replace_failed(w, error)
+        # The failed segment may have been the last of a synchronous round: the workers that
+        # wait for it must not wait forever (a dead member never pauses the population).
+        self._end_round()
 
     def _replace_failed(self, w: WorkerRecord, error: str) -> None:
         """Persistent failure: mark failed, then restart the member from the best peer."""
@@ -660,7 +664,11 @@ class Controller:
             return
         if not finished:
             self.waiting.add(wid)
-        if not self.segs:
+        self._end_round()
+
+    def _end_round(self) -> None:
+        """Synchronous mode: once no work is left in the round, decide for everyone waiting."""
+        if self.config.mode == "sync" and not self.segs and self.waiting:
             ready = sorted(self.waiting)
             self.waiting.clear()
             self._decide(ready)
@@ -678,6 +686,13 @@ class Controller:
             total_steps=self.config.steps,
             tables=self._snapshot_tables(),
         )
+        for k, table in sorted((snapshot.tables or {}).items()):
+            # NaN-like fitness never donates, so nobody can exploit: say why, once per run.
+            if (k not in self._warned_invalid and len(table.values)
+                    and np.isnan(table.values).all()):
+                self._warned_invalid.add(k)
+                log.warning("sub-population %d: no member has a valid fitness (NaN, inf, "
+                            "None or non-numeric); no exploit until one has", k)
         try:
             decisions = self.algorithm.decide(snapshot, self.rng)
         except Exception:  # noqa: BLE001 - user code (a custom explore) must not end the run
