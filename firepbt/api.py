@@ -133,6 +133,12 @@ def run(
     ref = task_ref_of(task)
     # Everything is validated before the store file is created or a worker starts.
     ex = _executor(executor, obj, ref, workers, segment_timeout_s)
+    for i, hp in enumerate(initial or ()):
+        try:
+            space.validate(hp)
+        except ConfigError as exc:
+            raise ConfigError(f"initial[{i}]: {exc}") from None
+    algorithm.validate(config.interval, config.eval_every or 1, config.steps)
     st = open_store(store) if isinstance(store, str) else store
     ctl = Controller(
         store=st, executor=ex, checkpoint_root=checkpoint_root_for(st), task_ref=ref,
