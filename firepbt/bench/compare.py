@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import stats
 
-from firepbt.algorithms import PBT, Algorithm, RandomSearch
+from firepbt.algorithms import PBT, Algorithm, RandomSearch, algorithm_from_config
 from firepbt.algorithms.fire import FirePBT
 from firepbt.api import run
 from firepbt.controller import Controller, RunConfig
@@ -391,15 +391,18 @@ def decision_cost(
     """Controller time per handled result with the simulated executor (no training, no files).
 
     The best of ``repeats`` runs is kept (the machine is shared; the minimum is the cost).
+    Each repeat runs a fresh copy of ``algorithm``: FIRE's smoothing cache would otherwise
+    answer every curve of a repeated (deterministic) run and hide the cost being measured.
     """
     best: dict[str, Any] | None = None
     for _ in range(repeats):
+        fresh = algorithm_from_config(algorithm.to_config())
         with tempfile.TemporaryDirectory() as tmp, _fast_scratch():
             store = MemoryStore()
             ctl = Controller(
                 store=store, executor=SimulatedExecutor(capacity=1),
                 checkpoint_root=Path(tmp) / "ckpt", space=Space(lr=LogUniform(1e-3, 1.0)),
-                algorithm=algorithm,
+                algorithm=fresh,
                 config=RunConfig(steps=interval * intervals, interval=interval, eval_every=1),
             )
             ctl.start()

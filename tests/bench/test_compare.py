@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from firepbt.algorithms import PBT
+from firepbt.algorithms.fire import FirePBT
 from firepbt.bench import compare
 from firepbt.bench.compare import (
     SETUPS,
@@ -107,6 +108,14 @@ def test_hand_schedules() -> None:
 def test_decision_cost_counts_handled_results() -> None:
     row = decision_cost(PBT(population=4), intervals=2, repeats=1)
     assert row["results"] >= 4 * 2 and row["us_per_result"] > 0
+
+
+def test_decision_cost_runs_fresh_copies_so_the_smoothing_cache_starts_empty() -> None:
+    alg = FirePBT(population=8, subpop_sizes=(3, 3), smoother="ema")
+    row = decision_cost(alg, intervals=4, repeats=2)
+    assert row["evaluator_starts"] > 0
+    # The caller's instance never ran: a repeat cannot be answered from its cache.
+    assert (alg._smoother.hits, alg._smoother.misses) == (0, 0)
 
 
 def test_plot_is_written(tmp_path: Path) -> None:
