@@ -116,11 +116,11 @@ PRESETS: dict[str, dict[str, Config]] = {
     },
     "fmnist": {
         "quick": Config(10, 200, 50, 5, 2, (0.03, 0.1), 1),
-        "full": Config(10, 1000, 100, 10, 5, (0.01, 0.03, 0.1), 1),
+        "full": Config(10, 800, 100, 10, 5, (0.01, 0.03, 0.1), 1),
     },
     "rl": {
         "quick": Config(8, 60, 20, 2, 2),
-        "full": Config(8, 300, 30, 4, 5),
+        "full": Config(8, 240, 30, 4, 5),
     },
 }
 
