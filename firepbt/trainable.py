@@ -95,14 +95,18 @@ class SegmentResult:
 
 
 def as_metric(value: Any) -> float | None:
-    """Normalise a reported fitness: NaN, None or a non-number becomes ``None`` (invalid)."""
+    """Normalise a reported fitness: NaN, +-inf, None or a non-number becomes ``None``.
+
+    An infinite fitness is as meaningless as NaN (a diverged run), and +inf would otherwise
+    rank first and make a diverged member everyone's donor.
+    """
     if value is None or isinstance(value, bool):
         return None
     try:
         f = float(value)
     except (TypeError, ValueError):
         return None
-    return None if math.isnan(f) else f
+    return f if math.isfinite(f) else None
 
 
 # --- function form -------------------------------------------------------------------------

@@ -7,7 +7,6 @@ checkpoint; anything else restores from the verified checkpoint files.
 
 from __future__ import annotations
 
-import math
 import time
 import traceback
 from collections import OrderedDict
@@ -75,7 +74,7 @@ class WorkerState:
                 t.train(nxt - step)
                 step = nxt
                 crash_point("worker.mid_segment")
-                points.append((step, _valid_metric(t.evaluate())))
+                points.append((step, as_metric(t.evaluate())))
             crash_point("worker.before_save")
             tags = {
                 "worker": spec.worker,
@@ -100,16 +99,6 @@ class WorkerState:
             spec.worker, spec.segment, spec.epoch, tuple(points), end, path, checksum,
             wall_s=time.perf_counter() - t0,
         )
-
-
-def _valid_metric(value: Any) -> float | None:
-    """A reported fitness, or None when it is NaN-like: NaN, +-inf, None or not a number.
-
-    An infinite fitness is as meaningless as NaN, and +inf would otherwise rank first and
-    make a diverged member everyone's donor.
-    """
-    f = as_metric(value)
-    return f if f is not None and math.isfinite(f) else None
 
 
 def resolve_task(task: Any) -> type[Trainable]:
