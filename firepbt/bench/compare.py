@@ -59,9 +59,10 @@ POPULATION = 22  # FIRE's default 8 + 8 + 6; PBT and random search get all 22 as
 SEEDS = {"quick": 3, "full": 20}
 PROCESSES = 2  # the machine has 2 cores and is shared
 METHODS = ("fire", "pbt", "random")
-# Peak learning rates tried for the hand-tuned NQM schedules: a factor sqrt(2) grid from 1/8
-# to sqrt(2), just below the divergence limit 2 / max curvature = 2 (1.0 is the spec's peak).
-PEAK_GRID = tuple(2.0 ** (k / 2) for k in range(-6, 2))
+# Peak learning rates tried for the hand-tuned NQM schedules: a factor 2**(1/4) grid from 1/4
+# to 1.0, the top of the search space FIRE and PBT draw from (so every method has the same
+# learning rates to choose from; the NQM itself tolerates up to 2 / max curvature = 2).
+PEAK_GRID = tuple(2.0 ** (k / 4) for k in range(-8, 1))
 TUNING_SEEDS = (10_000, 10_001, 10_002)  # disjoint from the evaluation seeds 0..N-1
 
 
