@@ -110,7 +110,7 @@ class Config:
 # Fashion-MNIST and RL are scaled down to fit the 2-core machine (see docs/results-real.md).
 PRESETS: dict[str, dict[str, Config]] = {
     "teacher-student": {
-        "quick": Config(22, 1000, 100, 10, 2, (0.01, 0.03, 0.1), 1),
+        "quick": Config(22, 1000, 200, 25, 2, (0.01, 0.03, 0.1), 1),
         "full": Config(22, 4000, 200, 25, 5,
                        tuple(0.01 * 2 ** (k / 2) for k in range(6)), 2),
     },
