@@ -488,6 +488,9 @@ def plot_schedules(
                 label=name, alpha=0.8)
     if setup.hparam == "lr":
         ax.set_yscale("log")
+        # Cosine ends at 0; the axis covers the learned values, not the last few steps.
+        learned = [v for rs in runs.values() for _, _, v in median_run(rs)["schedule"]]
+        ax.set_ylim(bottom=min(learned) / 3)
     ax.set_xlabel("step")
     ax.set_ylabel(setup.hparam)
     ax.set_title(f"{setup.name}: {setup.hparam} along the answer's lineage (median seed)")
