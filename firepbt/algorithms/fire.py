@@ -75,6 +75,8 @@ class FirePBT(Algorithm):
             success rule.
         min_points: valid curve points both curves need before an evaluator is judged, and that
             an evaluator's curve needs before its parent gets a FIRE fitness.
+        gp_refit_growth: with the GP smoother, refit the kernel hyperparameters only when a
+            curve has grown by this factor (1 = on every call; see ``curves.GPSmoother``).
     """
 
     name: ClassVar[str] = "fire"
@@ -89,6 +91,7 @@ class FirePBT(Algorithm):
     smoother: str = "gp"
     fitness: str = "improvement"
     min_points: int = 3
+    gp_refit_growth: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.pbt, Mapping):
@@ -159,8 +162,17 @@ class FirePBT(Algorithm):
         # Not a dataclass field: the cache is state, not a setting, and must not take part in
         # equality, hashing or the stored config. Every curve grows by a few points per event
         # while FIRE re-scores all of a sub-population's curves, so most calls are hits.
+        require(
+            isinstance(self.gp_refit_growth, int | float)
+            and math.isfinite(self.gp_refit_growth) and self.gp_refit_growth >= 1.0,
+            f"gp_refit_growth={self.gp_refit_growth!r}: must be a number >= 1",
+        )
         base: curves.Smoother
-        base = curves.GPSmoother() if self.smoother == "gp" else curves.EMASmoother()
+        base = (
+            curves.GPSmoother(refit_growth=self.gp_refit_growth)
+            if self.smoother == "gp"
+            else curves.EMASmoother()
+        )
         object.__setattr__(self, "_smooth", curves.CachedSmoother(base))
         object.__setattr__(self, "_sizes", sizes)
         object.__setattr__(self, "_n_eval", n_eval)

@@ -683,3 +683,23 @@ def test_overlap_windows_start_at_the_same_level(a: list[float], b: list[float])
     else:  # j is the first index reaching A's start
         assert b_smooth[j] >= a_smooth[0]
         assert not np.any(b_smooth[:j] >= a_smooth[0])
+
+
+def test_gp_refit_growth_reuses_prefix_hyperparameters_and_stays_pure() -> None:
+    rng = np.random.default_rng(0)
+    curve = np.cumsum(rng.normal(0.1, 0.05, 40))
+    fast = GPSmoother(refit_growth=1.5)
+    first = fast(curve)
+    assert len(fast._kernels) == 1  # fitted once, on the ladder prefix
+    fast(curve[:39])  # same ladder prefix: no new fit
+    assert len(fast._kernels) == 1
+    # Pure from the outside: a fresh smoother gives the same answer.
+    np.testing.assert_allclose(GPSmoother(refit_growth=1.5)(curve), first)
+    # Close to refitting on every call (smoothing only aligns curves; it need not be exact).
+    exact = GPSmoother()(curve)
+    assert np.max(np.abs(first - exact)) < 0.1 * np.ptp(curve)
+
+
+def test_gp_refit_growth_below_one_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="refit_growth=0.5"):
+        GPSmoother(refit_growth=0.5)
