@@ -9,6 +9,7 @@ objects and the mappings come back as read-only :class:`FrozenDict`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import threading
@@ -98,22 +99,35 @@ def columns(cls: type[R]) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
+@functools.cache
+def _encoders(cls: type) -> tuple[tuple[str, str], ...]:
+    """(field name, kind) per column of a record type; computed once per type."""
+    kinds = []
+    for f in fields(cls):
+        kind = ("json" if f.name in JSON_FIELDS else "bool" if f.name == "deleted"
+                else "metric" if f.name == "value" else "scalar")
+        kinds.append((f.name, kind))
+    return tuple(kinds)
+
+
 def to_row(rec: R) -> Row:
     """Encode a record as a row of plain values (mappings as JSON text, NaN metrics as None)."""
+    # Called several times per controller decision: keep it lean (names are built on error only).
     row: list[Any] = []
-    for f in fields(rec):
-        value = getattr(rec, f.name)
-        what = f"{type(rec).__name__}.{f.name}"
-        if f.name in JSON_FIELDS:
-            value = None if value is None else dump_json(value, what)
-        elif f.name == "deleted":
+    cls_name = type(rec).__name__
+    for name, kind in _encoders(type(rec)):
+        value = getattr(rec, name)
+        if kind == "json":
+            value = None if value is None else dump_json(value, f"{cls_name}.{name}")
+        elif kind == "bool":
             value = int(bool(value))
-        elif f.name == "value":
-            # SQLite stores NaN as NULL; doing the same here keeps the backends identical.
-            value = _scalar(value, what)
-            value = None if value is None or math.isnan(value) else float(value)
+        elif value is None or type(value) in (str, int, float):
+            if kind == "metric" and value is not None:
+                value = None if math.isnan(value) else float(value)
         else:
-            value = _scalar(value, what)
+            value = _scalar(value, f"{cls_name}.{name}")
+            if kind == "metric":
+                value = None if value is None or math.isnan(value) else float(value)
         row.append(value)
     return tuple(row)
 
