@@ -9,7 +9,6 @@ objects and the mappings come back as read-only :class:`FrozenDict`.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import threading
@@ -99,15 +98,17 @@ def columns(cls: type[R]) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
-@functools.cache
-def _encoders(cls: type) -> tuple[tuple[str, str], ...]:
-    """(field name, kind) per column of a record type; computed once per type."""
-    kinds = []
-    for f in fields(cls):
-        kind = ("json" if f.name in JSON_FIELDS else "bool" if f.name == "deleted"
-                else "metric" if f.name == "value" else "scalar")
-        kinds.append((f.name, kind))
-    return tuple(kinds)
+def _kind(name: str) -> str:
+    if name in JSON_FIELDS:
+        return "json"
+    return "bool" if name == "deleted" else "metric" if name == "value" else "scalar"
+
+
+# Per record type, (field name, kind) of each column in row order; computed once.
+_ENCODERS: dict[type, tuple[tuple[str, str], ...]] = {
+    cls: tuple((f.name, _kind(f.name)) for f in fields(cls))
+    for cls in (WorkerRecord, CheckpointRecord, SegmentRecord, MetricRow, EventRecord)
+}
 
 
 def to_row(rec: R) -> Row:
@@ -115,7 +116,7 @@ def to_row(rec: R) -> Row:
     # Called several times per controller decision: keep it lean (names are built on error only).
     row: list[Any] = []
     cls_name = type(rec).__name__
-    for name, kind in _encoders(type(rec)):
+    for name, kind in _ENCODERS[type(rec)]:
         value = getattr(rec, name)
         if kind == "json":
             value = None if value is None else dump_json(value, f"{cls_name}.{name}")
