@@ -116,11 +116,11 @@ PRESETS: dict[str, dict[str, Config]] = {
     },
     "fmnist": {
         "quick": Config(10, 200, 50, 5, 2, (0.03, 0.1), 1),
-        "full": Config(10, 800, 100, 10, 5, (0.01, 0.03, 0.1), 1),
+        "full": Config(16, 1600, 100, 10, 5, (0.01, 0.03, 0.1), 1),
     },
     "rl": {
         "quick": Config(8, 60, 20, 2, 2),
-        "full": Config(8, 240, 30, 4, 5),
+        "full": Config(12, 480, 60, 8, 5),
     },
 }
 
@@ -321,7 +321,7 @@ def tune_and_run_schedules(
     for name in names:
         fn = SCHEDULES[name](out[name]["peak"], cfg.steps)
         # The schedule as pieces of constant lr per curve interval, like a learned one.
-        schedule = [[s, s + 1, fn(s)] for s in range(0, cfg.steps, max(1, cfg.steps // 200))]
+        schedule = [[s, s + 1, fn(s)] for s in range(0, cfg.steps, max(1, cfg.steps // 50))]
         out[name]["runs"] = [
             {"method": name, "seed": s, "value": o["value"], "fitness": o["fitness"],
              "auc": statistics.fmean(v for _, v in o["curve"]), "curve": o["curve"],
