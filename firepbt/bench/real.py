@@ -466,9 +466,8 @@ def plot(table: dict[str, Any], plots_dir: Path) -> list[Path]:
     for kind in ("schedules", "curves"):
         fig, ax = plt.subplots(figsize=(7.5, 4.2))
         for m, d in table["methods"].items():
-            r = median_run(d["runs"]) if table["higher_is_better"] else median_run(
-                [{**x, "value": -x["value"]} for x in d["runs"]])
-            label = f"{m} (seed {r['seed']}, {abs(r['value']):.4g})"
+            r = median_run(d["runs"])
+            label = f"{m} (seed {r['seed']}, {r['value']:.4g})"
             style = "--" if m in SCHEDULES else "-"
             if kind == "schedules":
                 xs, ys = _step_xy(r["schedule"]) if m not in SCHEDULES else (
@@ -482,7 +481,8 @@ def plot(table: dict[str, Any], plots_dir: Path) -> list[Path]:
             ax.set_ylabel("learning rate")
             ax.set_title(f"{task}: lr along the answer's lineage (median seed)")
         else:
-            ax.set_ylabel(table["metric"] if task != "fmnist" else "validation accuracy")
+            ax.set_ylabel({"fmnist": "validation accuracy",
+                           "rl": "return (mean of the last 20 episodes)"}.get(task, "FVU"))
             if task == "teacher-student":
                 ax.set_yscale("log")
             elif task == "fmnist":
