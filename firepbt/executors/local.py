@@ -1,7 +1,13 @@
-"""Local worker processes (spawned), one torch thread each.
+"""Local worker processes, one torch thread each.
 
 Each process keeps its recent trainables in memory, and a member goes back to the process that
 trained it last when that process is free, so continuing costs no checkpoint reload.
+
+Workers are started with the ``forkserver`` method where the platform has it: a clean server
+process (started like a spawned one, not a fork of the controller) imports the worker code and
+the task's module once, and every worker - including replacements for crashed ones - is forked
+from it, already warm. With 4 workers importing torch on 2 cores that saves seconds per start.
+Elsewhere ``spawn`` is used.
 """
 
 from __future__ import annotations
@@ -20,8 +26,12 @@ from firepbt.trainable import SegmentResult, SegmentSpec
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def _worker_main(conn: Connection, task_ref: str, threads: int) -> None:
-    # Set thread counts before any numerical library is imported in this process.
+def _worker_main(conn: Connection, task_ref: str, threads: int, env: dict[str, str]) -> None:
+    # A fork-server child inherits the server's environment, not the controller's current one:
+    # take the controller's, as a spawned process would (fault injection and user settings
+    # travel this way). Thread counts are set before any numerical library is imported.
+    os.environ.clear()
+    os.environ.update(env)
     for var in _THREAD_ENV:
         os.environ[var] = str(threads)
     import sys
@@ -85,7 +95,8 @@ class LocalExecutor(Executor):
         self.workers = workers
         self.threads = threads
         self.segment_timeout_s = segment_timeout_s
-        self._ctx = mp.get_context("spawn")
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        self._ctx: Any = mp.get_context(method)
         self._slots: list[_Slot] = []
         self._last_slot: dict[int, int] = {}
         self.restarts = 0
@@ -97,15 +108,46 @@ class LocalExecutor(Executor):
     def _spawn(self) -> _Slot:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
-            target=_worker_main, args=(child, self.task_ref, self.threads), daemon=True
+            target=_worker_main, args=(child, self.task_ref, self.threads, dict(os.environ)),
+            daemon=True,
         )
         proc.start()
         child.close()
         return _Slot(proc, parent)
 
     def start(self) -> None:
-        if not self._slots:
-            self._slots = [self._spawn() for _ in range(self.workers)]
+        if self._slots:
+            return
+        if self._ctx.get_start_method() == "forkserver":
+            self._warm_forkserver()
+        self._slots = [self._spawn() for _ in range(self.workers)]
+
+    def _warm_forkserver(self) -> None:
+        """Preload the worker code and the task's module into the fork server.
+
+        The server inherits this process's environment when it starts, so the thread limits
+        are put in place around its start (numerical libraries read them at import).
+        """
+        preload = ["firepbt.executors.worker"]
+        module = self.task_ref.rsplit(":", 1)[0]
+        if not module.endswith(".py"):
+            from firepbt.tasks.loader import BUILTIN
+
+            module = BUILTIN.get(self.task_ref, self.task_ref).rsplit(":", 1)[0]
+            preload.append(module)
+        self._ctx.set_forkserver_preload(preload)
+        saved = {var: os.environ.get(var) for var in _THREAD_ENV}
+        os.environ.update({var: str(self.threads) for var in _THREAD_ENV})
+        try:
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
 
     def pids(self) -> list[int]:
         return [s.process.pid for s in self._slots]
