@@ -369,8 +369,11 @@ class Controller:
         )
         self._build_tables()
         self._evaluators = sorted(w.id for w in self.workers.values() if w.role == EVALUATOR)
-        # Live (not yet garbage-collected) checkpoints: id -> (writer, step).
-        self._live = {c.id: (c.worker, c.step) for c in self.store.checkpoints()}
+        # Live (not yet collected) checkpoints: id -> (writer, step, path, checksum), so that
+        # dispatching and collecting never read checkpoint records back from the store.
+        self._live = {
+            c.id: (c.worker, c.step, c.path, c.checksum) for c in self.store.checkpoints()
+        }
         self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firepbt-gc")
         self.executor.start()
 
@@ -498,8 +501,11 @@ class Controller:
             seg = self.segs[sid]
             path = checksum = None
             if seg.from_checkpoint is not None:
-                rec = self.store.checkpoint(seg.from_checkpoint)
-                path, checksum = rec.path, rec.checksum
+                if seg.from_checkpoint in self._live:
+                    _, _, path, checksum = self._live[seg.from_checkpoint]
+                else:  # collected: the worker's verify will report it missing
+                    rec = self.store.checkpoint(seg.from_checkpoint)
+                    path, checksum = rec.path, rec.checksum
             assert seg.to_checkpoint is not None
             spec = SegmentSpec(
                 worker=seg.worker,
@@ -570,7 +576,7 @@ class Controller:
                 dict(seg.hparams), seg.from_checkpoint, now,
             )
         )
-        self._live[seg.to_checkpoint] = (seg.worker, r.end_step)
+        self._live[seg.to_checkpoint] = (seg.worker, r.end_step, r.checkpoint_path, r.checksum)
         self.store.add_metrics(
             [MetricRow(seg.worker, seg.id, s, v, now) for s, v in r.points]
         )
@@ -887,7 +893,7 @@ class Controller:
         """Delete checkpoints nobody can need: never a current or pending-source one."""
         pinned = {w.checkpoint for w in self.workers.values() if w.checkpoint is not None}
         pinned |= {s.from_checkpoint for s in self.segs.values() if s.from_checkpoint is not None}
-        live = [(cid, writer, step) for cid, (writer, step) in self._live.items()]
+        live = [(cid, writer, step) for cid, (writer, step, _, _) in self._live.items()]
         doomed = collectable(live, pinned, self.config.keep_checkpoints)
         if not doomed:
             return
