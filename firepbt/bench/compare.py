@@ -46,11 +46,9 @@ from scipy import stats
 from firepbt.algorithms import PBT, Algorithm, RandomSearch, algorithm_from_config
 from firepbt.algorithms.fire import FirePBT
 from firepbt.api import run
-from firepbt.controller import Controller, RunConfig
+from firepbt.bench.controller import measure as measure_controller
 from firepbt.errors import ConfigError
-from firepbt.executors.simulated import SimulatedExecutor
-from firepbt.space import LogUniform, Space
-from firepbt.store import MemoryStore
+from firepbt.space import Space
 from firepbt.store.base import EVALUATOR
 from firepbt.tasks.nqm import NQM, nqm_schedule_loss
 from firepbt.tasks.toys import DeceptiveToy, NumpyTask, PlainToy
@@ -398,33 +396,11 @@ def decision_cost(
     best: dict[str, Any] | None = None
     for _ in range(repeats):
         fresh = algorithm_from_config(algorithm.to_config())
-        with tempfile.TemporaryDirectory() as tmp, _fast_scratch():
-            store = MemoryStore()
-            ctl = Controller(
-                store=store, executor=SimulatedExecutor(capacity=1),
-                checkpoint_root=Path(tmp) / "ckpt", space=Space(lr=LogUniform(1e-3, 1.0)),
-                algorithm=fresh,
-                config=RunConfig(steps=interval * intervals, interval=interval, eval_every=1),
-            )
-            ctl.start()
-            handled = 0
-
-            def count(_: Controller) -> None:
-                nonlocal handled
-                handled += 1
-
-            ctl.on_event = count
-            t0 = time.perf_counter()
-            while ctl.step(timeout=0):
-                pass
-            wall = time.perf_counter() - t0
-            transfers = len(store.events(kind="transfer"))
-            starts = len(store.events(kind="start_evaluator"))
-            ctl.close()
-            store.close()
-        row = {"results": handled, "wall_s": round(wall, 3),
-               "us_per_result": round(1e6 * wall / max(handled, 1), 1),
-               "evaluator_starts": starts, "transfers": transfers}
+        with _fast_scratch():
+            m = measure_controller(fresh, intervals=intervals, interval=interval, eval_every=1)
+        row = {"results": m["decisions"], "wall_s": m["wall_s"],
+               "us_per_result": m["us_per_decision"],
+               "evaluator_starts": m["evaluator_starts"], "transfers": m["transfers"]}
         if best is None or row["us_per_result"] < best["us_per_result"]:
             best = row
     assert best is not None

@@ -13,21 +13,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firepbt.algorithms import PBT
+from firepbt.algorithms import PBT, Algorithm
 from firepbt.controller import Controller, RunConfig
 from firepbt.executors.simulated import SimulatedExecutor
 from firepbt.space import LogUniform, Space
 from firepbt.store import MemoryStore, SQLiteStore
 
 
-def measure(population: int, intervals: int = 3, store_kind: str = "memory") -> dict[str, Any]:
+def measure(
+    algorithm: Algorithm, intervals: int = 3, store_kind: str = "memory", interval: int = 10,
+    eval_every: int = 10,
+) -> dict[str, Any]:
+    """Run ``algorithm`` on the simulated executor; controller time per handled result."""
     with tempfile.TemporaryDirectory() as tmp:
         store = MemoryStore() if store_kind == "memory" else SQLiteStore(Path(tmp) / "c.db")
         ctl = Controller(
             store=store, executor=SimulatedExecutor(capacity=1),
             checkpoint_root=Path(tmp) / "ckpt", space=Space(lr=LogUniform(1e-3, 1.0)),
-            algorithm=PBT(population=population),
-            config=RunConfig(steps=10 * intervals, interval=10, eval_every=10),
+            algorithm=algorithm,
+            config=RunConfig(steps=interval * intervals, interval=interval, eval_every=eval_every),
         )
         ctl.start()
         decisions = 0
@@ -41,13 +45,16 @@ def measure(population: int, intervals: int = 3, store_kind: str = "memory") -> 
         while ctl.step(timeout=0):
             pass
         wall = time.perf_counter() - t0
-        exploits = len(store.events(kind="exploit"))
+        counts = {kind: len(store.events(kind=kind))
+                  for kind in ("exploit", "transfer", "start_evaluator")}
         ctl.close()
         store.close()
     return {
-        "population": population, "store": store_kind, "decisions": decisions,
+        "population": len(algorithm.topology()), "store": store_kind, "decisions": decisions,
         "wall_s": round(wall, 3), "decisions_per_s": round(decisions / wall, 1),
-        "us_per_decision": round(1e6 * wall / decisions, 1), "exploits": exploits,
+        "us_per_decision": round(1e6 * wall / max(decisions, 1), 1),
+        "exploits": counts["exploit"], "transfers": counts["transfer"],
+        "evaluator_starts": counts["start_evaluator"],
     }
 
 
@@ -56,7 +63,7 @@ def main(name: str = "controller", preset: str = "quick", seeds: int | None = No
     rows = []
     for store_kind in ("memory", "sqlite"):
         for pop in (100, 1000, 10000):
-            r = measure(pop, store_kind=store_kind)
+            r = measure(PBT(population=pop), store_kind=store_kind)
             rows.append(r)
             print(f"{store_kind:>6} store, {pop:>6} members: {r['decisions_per_s']:>9.0f} "
                   f"decisions/s ({r['us_per_decision']:.0f} us each, {r['exploits']} exploits)",
