@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from firepbt.algorithms import Algorithm
-from firepbt.controller import Controller, RunConfig
+from firepbt.controller import Controller, RunConfig, validate_run
 from firepbt.errors import ConfigError
 from firepbt.executors.base import Executor
 from firepbt.executors.inprocess import InProcessExecutor
@@ -133,12 +133,7 @@ def run(
     ref = task_ref_of(task)
     # Everything is validated before the store file is created or a worker starts.
     ex = _executor(executor, obj, ref, workers, segment_timeout_s)
-    for i, hp in enumerate(initial or ()):
-        try:
-            space.validate(hp)
-        except ConfigError as exc:
-            raise ConfigError(f"initial[{i}]: {exc}") from None
-    algorithm.validate(config.interval, config.eval_every or 1, config.steps)
+    validate_run(space, algorithm, config, initial)
     st = open_store(store) if isinstance(store, str) else store
     ctl = Controller(
         store=st, executor=ex, checkpoint_root=checkpoint_root_for(st), task_ref=ref,

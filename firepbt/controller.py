@@ -41,6 +41,7 @@ from firepbt.algorithms.base import (
     StopEvaluator,
     Transfer,
     WorkerView,
+    require,
 )
 from firepbt.checkpoints import CheckpointDir, collectable
 from firepbt.errors import ConfigError, ExperimentLocked
@@ -87,38 +88,51 @@ class RunConfig:
     segment_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
-
-        need(_is_int(self.steps) and self.steps >= 1, f"steps={self.steps!r}: must be an int >= 1")
-        need(
+        require(
+            _is_int(self.steps) and self.steps >= 1, f"steps={self.steps!r}: must be an int >= 1"
+        )
+        require(
             _is_int(self.interval) and 1 <= self.interval <= self.steps,
             f"interval={self.interval!r}: must be an int in [1, steps={self.steps}]",
         )
         if self.eval_every is None:
             object.__setattr__(self, "eval_every", max(1, self.interval // 10))
-        need(
+        require(
             _is_int(self.eval_every) and 1 <= self.eval_every <= self.interval,  # type: ignore[operator]
             f"eval_every={self.eval_every!r}: must be an int in [1, interval={self.interval}]",
         )
-        need(_is_int(self.seed), f"seed={self.seed!r}: must be an int")
-        need(self.mode in MODES, f"mode={self.mode!r}: must be one of {', '.join(MODES)}")
-        need(
+        require(_is_int(self.seed), f"seed={self.seed!r}: must be an int")
+        require(self.mode in MODES, f"mode={self.mode!r}: must be one of {', '.join(MODES)}")
+        require(
             _is_int(self.max_failures) and self.max_failures >= 1,
             f"max_failures={self.max_failures!r}: must be an int >= 1",
         )
-        need(
+        require(
             _is_int(self.keep_checkpoints) and self.keep_checkpoints >= 0,
             f"keep_checkpoints={self.keep_checkpoints!r}: must be an int >= 0",
         )
-        need(
+        require(
             self.segment_timeout_s is None or self.segment_timeout_s > 0,
             f"segment_timeout_s={self.segment_timeout_s!r}: must be > 0 or None",
         )
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def validate_run(
+    space: Space,
+    algorithm: Algorithm,
+    config: RunConfig,
+    initial: Sequence[Mapping[str, Any]] | None,
+) -> None:
+    """Checks that need the space, the algorithm and the settings together (ConfigError)."""
+    for i, hp in enumerate(initial or ()):
+        try:
+            space.validate(hp)
+        except ConfigError as exc:
+            raise ConfigError(f"initial[{i}]: {exc}") from None
+    algorithm.validate(config.interval, config.eval_every or 1, config.steps)
 
 
 def _is_int(x: Any) -> bool:
@@ -244,12 +258,7 @@ class Controller:
         init_space: Space,
         initial: Sequence[Mapping[str, Any]] | None,
     ) -> None:
-        for i, hp in enumerate(initial or ()):
-            try:
-                space.validate(hp)
-            except ConfigError as exc:
-                raise ConfigError(f"initial[{i}]: {exc}") from None
-        algorithm.validate(config.interval, config.eval_every or 1, config.steps)
+        validate_run(space, algorithm, config, initial)
         self.space, self.algorithm, self.config = space, algorithm, config
         self.rng = np.random.default_rng(config.seed)
         self.tick = 0

@@ -34,6 +34,7 @@ import numpy as np
 from firepbt.checkpoints import CheckpointDir
 from firepbt.errors import ConfigError
 from firepbt.executors.base import Executor
+from firepbt.executors.worker import checkpoint_tags
 from firepbt.faults import crash_point
 from firepbt.trainable import SegmentResult, SegmentSpec, as_metric
 
@@ -310,15 +311,8 @@ class BatchedExecutor(Executor):
     ) -> SegmentResult:
         crash_point("worker.before_save")
         end = spec.start_step + spec.steps
-        tags = {
-            "worker": spec.worker,
-            "segment": spec.segment,
-            "step": end,
-            "hparams": dict(spec.hparams),
-            "parent": spec.load_checkpoint,
-        }
         path, checksum = self._dir(spec.checkpoint_root).write(
-            spec.save_checkpoint, lambda p: task.save(j, p), tags
+            spec.save_checkpoint, lambda p: task.save(j, p), checkpoint_tags(spec)
         )
         return SegmentResult(
             spec.worker, spec.segment, spec.epoch, tuple(points), end, path, checksum,

@@ -76,15 +76,8 @@ class WorkerState:
                 crash_point("worker.mid_segment")
                 points.append((step, as_metric(t.evaluate())))
             crash_point("worker.before_save")
-            tags = {
-                "worker": spec.worker,
-                "segment": spec.segment,
-                "step": end,
-                "hparams": dict(spec.hparams),
-                "parent": spec.load_checkpoint,
-            }
             path, checksum = self._dir(spec.checkpoint_root).write(
-                spec.save_checkpoint, t.save, tags
+                spec.save_checkpoint, t.save, checkpoint_tags(spec)
             )
         except Exception:  # noqa: BLE001 - user code failures are results, not crashes
             self.forget(spec.worker)
@@ -99,6 +92,17 @@ class WorkerState:
             spec.worker, spec.segment, spec.epoch, tuple(points), end, path, checksum,
             wall_s=time.perf_counter() - t0,
         )
+
+
+def checkpoint_tags(spec: SegmentSpec) -> dict[str, Any]:
+    """Tags a segment's checkpoint carries in its manifest (invariant 4 reads them back)."""
+    return {
+        "worker": spec.worker,
+        "segment": spec.segment,
+        "step": spec.start_step + spec.steps,
+        "hparams": dict(spec.hparams),
+        "parent": spec.load_checkpoint,
+    }
 
 
 def resolve_task(task: Any) -> type[Trainable]:
