@@ -105,7 +105,11 @@ class FitnessTable:
         if invalid[idx]:
             # Among the invalid ones, order by id.
             return int(np.count_nonzero(~invalid)) + int(np.count_nonzero(invalid[:idx]))
-        better = np.count_nonzero(keys > v) + np.count_nonzero(keys[:idx] == v)
+        valid = ~invalid
+        # A valid -inf shares its key with the invalid ones, which still rank below it.
+        better = np.count_nonzero(valid & (keys > v)) + np.count_nonzero(
+            valid[:idx] & (keys[:idx] == v)
+        )
         return int(better)
 
     def top(self, n: int) -> np.ndarray:
@@ -115,10 +119,11 @@ class FitnessTable:
         if n <= 0:
             return self.ids[:0]
         keys = self._keys()
-        # O(N): the n-th best value, then everything above it plus ties in id order.
+        # O(N): the n-th best value, then everything above it plus ties in id order (only
+        # valid ones: a valid -inf shares its key with the invalid).
         cut = np.partition(keys, len(keys) - n)[len(keys) - n]
         above = np.flatnonzero(keys > cut)
-        ties = np.flatnonzero(keys == cut)[: n - len(above)]
+        ties = np.flatnonzero((keys == cut) & valid)[: n - len(above)]
         chosen = np.concatenate([above, ties])
         order = np.lexsort((self.ids[chosen], -keys[chosen]))
         return self.ids[chosen[order]]

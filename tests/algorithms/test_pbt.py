@@ -1,0 +1,189 @@
+"""Exact unit tests of PBT and random search decisions on hand-built snapshots."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from firepbt.algorithms.base import (
+    Continue,
+    Exploit,
+    FitnessTable,
+    Snapshot,
+    WorkerView,
+    rank_order,
+)
+from firepbt.algorithms.pbt import PBT
+from firepbt.algorithms.random_search import RandomSearch
+from firepbt.errors import ConfigError
+from firepbt.space import ExploreConfig, LogUniform, Space
+
+SPACE = Space(lr=LogUniform(1e-3, 1.0))
+
+
+def member(wid: int, fitness: float | None, *, step: int = 100, curve: tuple | None = None,
+           lr: float = 0.1) -> WorkerView:
+    return WorkerView(
+        id=wid, role="member", subpop=1, hparams={"lr": lr}, step=step, checkpoint=100 + wid,
+        curve=curve if curve is not None else (fitness,),
+    )
+
+
+def snapshot(workers: list[WorkerView], ready: list[int]) -> Snapshot:
+    return Snapshot(
+        workers={w.id: w for w in workers}, ready=tuple(ready), tick=0, space=SPACE,
+        interval=10, total_steps=1000,
+    )
+
+
+def decide_one(alg: PBT, snap: Snapshot, seed: int = 0):
+    (d,) = alg.decide(snap, np.random.default_rng(seed))
+    return d
+
+
+def test_truncation_bottom_quarter_copies_one_of_the_top_quarter() -> None:
+    workers = [member(i, float(i)) for i in range(8)]  # member 7 best, 0 worst
+    alg = PBT(population=8)  # q = 0.25: 2 at the bottom copy one of the 2 at the top
+    for worst in (0, 1):
+        donors = {decide_one(alg, snapshot(workers, [worst]), s).donor for s in range(40)}
+        assert donors == {6, 7}
+    for middle in (2, 3, 4, 5, 6, 7):
+        assert isinstance(decide_one(alg, snapshot(workers, [middle])), Continue)
+
+
+def test_exploit_carries_donor_checkpoint_and_explored_hparams() -> None:
+    workers = [member(0, 0.0, lr=0.5), member(1, 1.0, lr=0.1)]
+    d = decide_one(PBT(population=2, explore=ExploreConfig(resample_probability=0.0)),
+                   snapshot(workers, [0]))
+    assert isinstance(d, Exploit)
+    assert (d.donor, d.donor_checkpoint) == (1, 101)
+    assert d.new_hparams["lr"] == pytest.approx(0.1 * 1.2) or \
+        d.new_hparams["lr"] == pytest.approx(0.1 / 1.2)
+    assert d.ops["lr"] in ("mul 1.2", "mul 0.8333")
+    assert (d.fitness, d.donor_fitness) == (0.0, 1.0)
+
+
+def test_quantile_zero_and_single_member_never_exploit() -> None:
+    workers = [member(i, float(i)) for i in range(4)]
+    assert isinstance(decide_one(PBT(population=4, quantile=0.0), snapshot(workers, [0])),
+                      Continue)
+    assert isinstance(decide_one(PBT(population=1), snapshot([member(0, 1.0)], [0])), Continue)
+
+
+def test_burn_in_blocks_exploit() -> None:
+    workers = [member(0, 0.0, step=50), member(1, 1.0, step=50)]
+    assert isinstance(decide_one(PBT(population=2, burn_in=60), snapshot(workers, [0])),
+                      Continue)
+    assert isinstance(decide_one(PBT(population=2, burn_in=50), snapshot(workers, [0])), Exploit)
+
+
+@pytest.mark.parametrize("bad", [None, math.nan])
+def test_invalid_fitness_ranks_last_and_is_never_a_donor(bad: float | None) -> None:
+    workers = [member(0, bad), member(1, -5.0), member(2, 3.0), member(3, 2.0)]
+    alg = PBT(population=4)
+    d = decide_one(alg, snapshot(workers, [0]))
+    assert isinstance(d, Exploit) and d.donor == 2
+    # The invalid member is never chosen, even by the tournament rule.
+    for s in range(30):
+        for wid in (1, 2, 3):
+            dd = decide_one(PBT(population=4, exploit="tournament"), snapshot(workers, [wid]), s)
+            assert not isinstance(dd, Exploit) or dd.donor != 0
+
+
+def test_all_invalid_means_no_exploit() -> None:
+    workers = [member(i, None) for i in range(4)]
+    assert all(isinstance(decide_one(PBT(population=4), snapshot(workers, [i])), Continue)
+               for i in range(4))
+
+
+def test_infinities_follow_their_sign_in_the_ranking() -> None:
+    assert rank_order([0, 1, 2, 3], [-math.inf, 1.0, math.inf, None]) == [2, 1, 0, 3]
+
+
+def test_ties_are_broken_by_id() -> None:
+    table = FitnessTable.build([3, 5, 7, 9], [1.0, 2.0, 2.0, 1.0])
+    assert [table.position(i) for i in (3, 5, 7, 9)] == [2, 0, 1, 3]
+    assert table.top(2).tolist() == [5, 7]
+    assert rank_order([3, 5, 7, 9], [1.0, 2.0, 2.0, 1.0]) == [5, 7, 3, 9]
+
+
+@given(st.lists(st.one_of(st.none(), st.floats(allow_nan=True)), min_size=1, max_size=30),
+       st.integers(1, 30))
+@settings(max_examples=200, deadline=None)
+def test_table_top_and_position_agree_with_a_full_sort(values: list, n: int) -> None:
+    ids = list(range(0, 2 * len(values), 2))
+    table = FitnessTable.build(ids, values)
+    order = rank_order(ids, values)
+    assert [table.position(i) for i in order] == list(range(len(ids)))
+    valid = [i for i, v in zip(ids, values, strict=True) if v is not None and not math.isnan(v)]
+    assert table.top(n).tolist() == [i for i in order if i in valid][:n]
+
+
+def test_tournament_copies_only_a_better_rival() -> None:
+    workers = [member(0, 0.0), member(1, 1.0)]
+    d0 = decide_one(PBT(population=2, exploit="tournament"), snapshot(workers, [0]))
+    d1 = decide_one(PBT(population=2, exploit="tournament"), snapshot(workers, [1]))
+    assert isinstance(d0, Exploit) and d0.donor == 1
+    assert isinstance(d1, Continue)
+
+
+def test_ttest_needs_significantly_better_recent_values() -> None:
+    noisy_equal = [member(0, None, curve=(1.0, 2.0, 1.5, 1.2, 1.8)),
+                   member(1, None, curve=(1.1, 1.9, 1.6, 1.3, 1.7))]
+    clearly_better = [member(0, None, curve=(1.0, 1.1, 0.9, 1.0, 1.05)),
+                      member(1, None, curve=(3.0, 3.1, 2.9, 3.05, 3.0))]
+    alg = PBT(population=2, exploit="ttest", fitness_window=5)
+    assert isinstance(decide_one(alg, snapshot(noisy_equal, [0])), Continue)
+    d = decide_one(alg, snapshot(clearly_better, [0]))
+    assert isinstance(d, Exploit) and d.donor == 1
+
+
+def test_sync_round_decides_every_ready_member_in_order() -> None:
+    workers = [member(i, float(i)) for i in range(4)]
+    decisions = PBT(population=4).decide(snapshot(workers, [0, 1, 2, 3]),
+                                         np.random.default_rng(0))
+    assert [d.worker for d in decisions] == [0, 1, 2, 3]
+    assert [type(d) for d in decisions] == [Exploit, Continue, Continue, Continue]
+
+
+def test_decisions_are_a_pure_function_of_snapshot_and_seed() -> None:
+    workers = [member(i, float(i % 3)) for i in range(8)]
+    snap = snapshot(workers, list(range(8)))
+    a = PBT(population=8).decide(snap, np.random.default_rng(5))
+    b = PBT(population=8).decide(snap, np.random.default_rng(5))
+    assert a == b
+
+
+def test_random_search_never_exploits() -> None:
+    workers = [member(i, float(i)) for i in range(4)]
+    decisions = RandomSearch(population=4).decide(snapshot(workers, [0, 1, 2, 3]),
+                                                  np.random.default_rng(0))
+    assert all(isinstance(d, Continue) for d in decisions)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"population": 0}, "population=0"),
+        ({"quantile": -0.1}, "quantile=-0.1"),
+        ({"exploit": "greedy"}, "exploit='greedy'"),
+        ({"ttest_p": 1.0}, "ttest_p=1.0"),
+        ({"fitness_window": 0}, "fitness_window=0"),
+        ({"burn_in": -1}, "burn_in=-1"),
+        ({"exploit": "ttest", "fitness_window": 1}, "needs >= 2 points"),
+    ],
+)
+def test_invalid_settings_name_the_value_and_rule(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        PBT(**kwargs)
+    assert needle in str(err.value)
+
+
+def test_valid_minus_infinity_ranks_above_invalid_members() -> None:
+    table = FitnessTable.build([1, 2, 3], [None, -math.inf, 0.0])
+    assert [table.position(i) for i in (3, 2, 1)] == [0, 1, 2]
+    assert table.top(3).tolist() == [3, 2]
