@@ -137,7 +137,7 @@ BENCH_TASKS = {"toys": ("deceptive", "plain"), "nqm": ("nqm",)}
 
 
 @contextmanager
-def _fast_scratch() -> Iterator[None]:
+def fast_scratch() -> Iterator[None]:
     """Put the run's checkpoints on tmpfs and keep linear algebra on one thread.
 
     The in-memory store keeps its checkpoints in ``tempfile``'s directory; on a disk every
@@ -170,7 +170,7 @@ def run_one(setup: Setup, method: str, seed: int) -> dict[str, Any]:
     steps, interval, eval_every = setup.settings()
     task = setup.random_task if method == "random" else setup.task
     t0 = time.perf_counter()
-    with _fast_scratch():
+    with fast_scratch():
         result = run(
             task, algorithm=setup.algorithm(method), steps=steps, interval=interval,
             eval_every=eval_every, store="memory://", executor="inprocess", workers=1,
@@ -396,7 +396,7 @@ def decision_cost(
     best: dict[str, Any] | None = None
     for _ in range(repeats):
         fresh = algorithm_from_config(algorithm.to_config())
-        with _fast_scratch():
+        with fast_scratch():
             m = measure_controller(fresh, intervals=intervals, interval=interval, eval_every=1)
         row = {"results": m["decisions"], "wall_s": m["wall_s"],
                "us_per_result": m["us_per_decision"],
@@ -433,7 +433,7 @@ def median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def _step_xy(schedule: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
+def step_xy(schedule: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
     xs: list[float] = []
     ys: list[float] = []
     for start, end, value in schedule:
@@ -456,7 +456,7 @@ def plot_schedules(
     fig, ax = plt.subplots(figsize=(7, 4))
     for method, rs in runs.items():
         r = median_run(rs)
-        xs, ys = _step_xy(r["schedule"])
+        xs, ys = step_xy(r["schedule"])
         ax.plot(xs, ys, label=f"{method} (seed {r['seed']}, {r['value']:.4g})")
     t = np.arange(steps)
     for name, fn in references.items():

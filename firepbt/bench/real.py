@@ -53,11 +53,11 @@ from firepbt.algorithms.fire import FirePBT
 from firepbt.api import run
 from firepbt.bench.compare import (
     SCHEDULES,
-    _fast_scratch,
-    _step_xy,
     describe,
+    fast_scratch,
     fire_better_p,
     median_run,
+    step_xy,
 )
 from firepbt.errors import ConfigError
 from firepbt.result import Result
@@ -198,7 +198,7 @@ def run_population(task: str, cfg: Config, method: str, seed: int) -> dict[str, 
         ([start, end, lr] along the answer's lineage) and ``curve`` ([step, value]).
     """
     t0 = time.perf_counter()
-    with _fast_scratch():
+    with fast_scratch():
         result = _run_task(task, cfg, method, seed)
         wall = time.perf_counter() - t0
         best, fitness = result.best, result.best_metric
@@ -284,7 +284,7 @@ def run_schedules(
     need the fitness and a sparse curve.
     """
     if task == "teacher-student":
-        with _fast_scratch():
+        with fast_scratch():
             return _ts_schedules(cfg, jobs, cfg.interval if test else cfg.steps)
     if task == "fmnist":
         args = [(cfg, name, peak, seed, test) for name, peak, seed in jobs]
@@ -470,7 +470,7 @@ def plot(table: dict[str, Any], plots_dir: Path) -> list[Path]:
             label = f"{m} (seed {r['seed']}, {r['value']:.4g})"
             style = "--" if m in SCHEDULES else "-"
             if kind == "schedules":
-                xs, ys = _step_xy(r["schedule"]) if m not in SCHEDULES else (
+                xs, ys = step_xy(r["schedule"]) if m not in SCHEDULES else (
                     [p[0] for p in r["schedule"]], [p[2] for p in r["schedule"]])
             else:
                 xs, ys = [p[0] for p in r["curve"]], [p[1] for p in r["curve"]]
