@@ -48,6 +48,7 @@ from firepbt.algorithms.fire import FirePBT
 from firepbt.api import run
 from firepbt.bench.controller import measure as measure_controller
 from firepbt.errors import ConfigError
+from firepbt.result import Result
 from firepbt.space import Space
 from firepbt.store.base import EVALUATOR
 from firepbt.tasks.nqm import NQM, nqm_schedule_loss
@@ -180,22 +181,28 @@ def run_one(setup: Setup, method: str, seed: int) -> dict[str, Any]:
         metric, best = result.best_metric, result.best
         if metric is None or best is None:
             raise RuntimeError(f"{setup.name}/{method}/seed {seed}: no member has a valid metric")
-        evaluators = {w.id for w in result.store.workers() if w.role == EVALUATOR}
-        pieces = result.schedule(best)
-        stops = result.events("stop_evaluator")
         out = {
             "method": method, "seed": seed, "value": setup.reported(metric), "metric": metric,
-            "wall_s": round(wall, 2),
-            "transfers": len(result.events("transfer")),
-            "exploits": len(result.events("exploit")),
-            "stop_reasons": dict(Counter(str(e.info["reason"]) for e in stops)),
-            "evaluator_steps": sum(e.step - int(e.info["start_step"]) for e in stops),
-            "lineage_transfers": sum(1 for p in pieces if p.worker in evaluators),
-            "schedule": [[p.start_step, p.end_step, float(p.hparams[setup.hparam])]
-                         for p in pieces],
+            "wall_s": round(wall, 2), **run_diagnostics(result, best, setup.hparam),
         }
         result.store.close()
     return out
+
+
+def run_diagnostics(result: Result, best: int, hparam: str) -> dict[str, Any]:
+    """What a run did: exploits, FIRE transfers and stop reasons, evaluator budget used, and
+    the answer's schedule of ``hparam`` ([start, end, value] along its lineage)."""
+    evaluators = {w.id for w in result.store.workers() if w.role == EVALUATOR}
+    pieces = result.schedule(best)
+    stops = result.events("stop_evaluator")
+    return {
+        "transfers": len(result.events("transfer")),
+        "exploits": len(result.events("exploit")),
+        "stop_reasons": dict(Counter(str(e.info["reason"]) for e in stops)),
+        "evaluator_steps": sum(e.step - int(e.info["start_step"]) for e in stops),
+        "lineage_transfers": sum(1 for p in pieces if p.worker in evaluators),
+        "schedule": [[p.start_step, p.end_step, float(p.hparams[hparam])] for p in pieces],
+    }
 
 
 def _job(args: tuple[Setup, str, int]) -> dict[str, Any]:

@@ -57,12 +57,12 @@ from firepbt.bench.compare import (
     fast_scratch,
     fire_better_p,
     median_run,
+    run_diagnostics,
     step_xy,
 )
 from firepbt.errors import ConfigError
 from firepbt.result import Result
 from firepbt.space import LogUniform, Space
-from firepbt.store.base import EVALUATOR
 
 TASKS = ("teacher-student", "fmnist", "rl")
 POPULATION_METHODS = ("fire", "pbt", "random")
@@ -207,20 +207,10 @@ def run_population(task: str, cfg: Config, method: str, seed: int) -> dict[str, 
         value = _test_accuracy(result, best) if task == "fmnist" else reported(task, fitness)
         curve = [[s, reported(task, v)] for s, v in result.current_curve(best)
                  if v is not None and math.isfinite(v)]
-        evaluators = {w.id for w in result.store.workers() if w.role == EVALUATOR}
-        pieces = result.schedule(best)
-        stops = result.events("stop_evaluator")
         out = {
             "method": method, "seed": seed, "value": value, "fitness": fitness,
             "auc": statistics.fmean(v for _, v in curve) if curve else float("nan"),
-            "wall_s": round(wall, 1),
-            "transfers": len(result.events("transfer")),
-            "exploits": len(result.events("exploit")),
-            "stop_reasons": dict(Counter(str(e.info["reason"]) for e in stops)),
-            "evaluator_steps": sum(e.step - int(e.info["start_step"]) for e in stops),
-            "lineage_transfers": sum(1 for p in pieces if p.worker in evaluators),
-            "schedule": [[p.start_step, p.end_step, float(p.hparams["lr"])] for p in pieces],
-            "curve": curve,
+            "wall_s": round(wall, 1), **run_diagnostics(result, best, "lr"), "curve": curve,
         }
         result.store.close()
     return out
