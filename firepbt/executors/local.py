@@ -243,16 +243,24 @@ class LocalExecutor(Executor):
             self._slots[i].conn.send(("forget", worker))
 
     def peak_rss_bytes(self) -> int:
-        """Sum of peak resident memory (VmHWM) of this process and its live workers."""
-        total = 0
-        for pid in [os.getpid(), *self.pids()]:
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    for line in f:
-                        if line.startswith("VmHWM:"):
-                            total += int(line.split()[1]) * 1024
-            except OSError:
-                pass
+        """Sum of peak resident memory (VmHWM) of this process and all its live descendants
+        (workers, the fork server, the resource tracker), read from /proc (Linux)."""
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    with open(f"/proc/{entry}/stat") as f:
+                        # The fields after the parenthesised command name: state, ppid, ...
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                    children.setdefault(ppid, []).append(int(entry))
+        total, todo = 0, [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            todo += children.get(pid, [])
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) * 1024
         return total
 
     def close(self) -> None:
