@@ -16,6 +16,7 @@ BENCHES = {
     "teacher-student": "firepbt.bench.real",
     "fmnist": "firepbt.bench.real",
     "rl": "firepbt.bench.real",
+    "decision-cost": "firepbt.bench.compare:main_decision_cost",
 }
 
 
@@ -23,6 +24,7 @@ def run_bench(name: str, preset: str = "quick", seeds: int | None = None) -> dic
     """Run benchmark ``name``; returns the figures (also printed as it goes)."""
     if name not in BENCHES:
         raise ConfigError(f"bench {name!r}: unknown; expected one of {', '.join(BENCHES)}")
-    module = importlib.import_module(BENCHES[name])
-    result: dict[str, Any] = module.main(name=name, preset=preset, seeds=seeds)
+    module_name, _, function = BENCHES[name].partition(":")
+    main = getattr(importlib.import_module(module_name), function or "main")
+    result: dict[str, Any] = main(name=name, preset=preset, seeds=seeds)
     return result

@@ -419,14 +419,31 @@ def measure_decision_cost(workers: int = 100, intervals: int = 10) -> dict[str, 
     rows = {
         "pbt": decision_cost(PBT(population=workers), intervals),
         "fire_gp": decision_cost(FirePBT(population=workers, smoother="gp"), intervals),
+        "fire_gp_refit_1.5": decision_cost(
+            FirePBT(population=workers, smoother="gp", gp_refit_growth=1.5), intervals
+        ),
         "fire_ema": decision_cost(FirePBT(population=workers, smoother="ema"), intervals),
     }
     base = rows["pbt"]["us_per_result"]
     return {
         "workers": workers, "intervals": intervals, "rows": rows,
         "ratio_fire_gp_to_pbt": round(rows["fire_gp"]["us_per_result"] / base, 2),
+        "ratio_fire_gp_refit_to_pbt": round(
+            rows["fire_gp_refit_1.5"]["us_per_result"] / base, 2
+        ),
         "ratio_fire_ema_to_pbt": round(rows["fire_ema"]["us_per_result"] / base, 2),
     }
+
+
+def main_decision_cost(name: str = "decision-cost", preset: str = "quick",
+                       seeds: int | None = None) -> dict[str, Any]:
+    """``firepbt bench decision-cost``: FIRE's controller cost per result against PBT's."""
+    out = measure_decision_cost()
+    for key, row in out["rows"].items():
+        ratio = row["us_per_result"] / out["rows"]["pbt"]["us_per_result"]
+        print(f"{key:>18}: {row['us_per_result']:>8.0f} us per handled result "
+              f"(x{ratio:.2f} of PBT)", flush=True)
+    return {"bench": "decision-cost", **out}
 
 
 # --------------------------------------------------------------------------------------------
