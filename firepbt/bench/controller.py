@@ -63,8 +63,10 @@ def main(name: str = "controller", preset: str = "quick", seeds: int | None = No
     rows = []
     for store_kind in ("memory", "sqlite"):
         for pop in (100, 1000, 10000):
-            # Best of 3: the machine is shared, the fastest run is the least disturbed one.
-            r = min((measure(PBT(population=pop), store_kind=store_kind) for _ in range(3)),
+            # At least ~3,000 decisions per run (short runs are all noise), best of 3: the
+            # machine is shared, the fastest run is the least disturbed one.
+            intervals = max(3, 3000 // pop)
+            r = min((measure(PBT(population=pop), intervals, store_kind) for _ in range(3)),
                     key=lambda row: row["wall_s"])
             rows.append(r)
             print(f"{store_kind:>6} store, {pop:>6} members: {r['decisions_per_s']:>9.0f} "
