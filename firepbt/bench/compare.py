@@ -363,11 +363,12 @@ def compare_task(
     return table, runs
 
 
-def format_table(table: dict[str, Any]) -> str:
-    """A plain-text table: one row per method, then the p-values and FIRE's diagnostics."""
+def method_table_lines(table: dict[str, Any], n_seeds: int) -> list[str]:
+    """The rows every comparison prints: the task line, mean/std/median/min/max per method,
+    the per-seed values and the one-sided Mann-Whitney p-values."""
     better = "higher" if table["higher_is_better"] else "lower"
     lines = [f"{table['task']}: {table['metric']} ({better} is better), W = "
-             f"{table['population']} workers x {table['steps']} steps, {len(table['seeds'])} seeds"]
+             f"{table['population']} workers x {table['steps']} steps, {n_seeds} seeds"]
     lines.append(f"  {'method':<8} {'mean':>10} {'std':>9} {'median':>10} {'min':>10} {'max':>10}")
     for m, d in table["methods"].items():
         extra = f"  (peak lr {d['peak']:.3g})" if "peak" in d else ""
@@ -377,6 +378,12 @@ def format_table(table: dict[str, Any]) -> str:
         lines.append(f"  {m:<8} per seed: " + " ".join(f"{v:.4f}" for v in d["values"]))
     for m, p in table.get("p_fire_better", {}).items():
         lines.append(f"  one-sided Mann-Whitney p(FIRE better than {m}) = {p:.3g}")
+    return lines
+
+
+def format_table(table: dict[str, Any]) -> str:
+    """A plain-text table: one row per method, then the p-values and FIRE's diagnostics."""
+    lines = method_table_lines(table, len(table["seeds"]))
     if "fire" in table:
         f = table["fire"]
         lines.append(f"  FIRE transfers per seed: {f['transfers']}; in the answer's lineage: "

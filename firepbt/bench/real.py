@@ -57,6 +57,7 @@ from firepbt.bench.compare import (
     fast_scratch,
     fire_better_p,
     median_run,
+    method_table_lines,
     run_diagnostics,
     step_xy,
 )
@@ -414,18 +415,7 @@ def compare(
 
 def format_table(table: dict[str, Any]) -> str:
     """Plain text: one row per method, per-seed values, p-values and FIRE's diagnostics."""
-    better = "higher" if table["higher_is_better"] else "lower"
-    lines = [f"{table['task']}: {table['metric']} ({better} is better), W = "
-             f"{table['population']} workers x {table['steps']} steps, {table['seeds']} seeds",
-             f"  {'method':<8} {'mean':>9} {'std':>8} {'median':>9} {'min':>9} {'max':>9}"]
-    for m, d in table["methods"].items():
-        extra = f"  (peak lr {d['peak']:.3g})" if "peak" in d else ""
-        lines.append(f"  {m:<8} {d['mean']:>9.5f} {d['std']:>8.5f} {d['median']:>9.5f} "
-                     f"{d['min']:>9.5f} {d['max']:>9.5f}{extra}")
-    for m, d in table["methods"].items():
-        lines.append(f"  {m:<8} per seed: " + " ".join(f"{v:.4f}" for v in d["values"]))
-    for m, p in table["p_fire_better"].items():
-        lines.append(f"  one-sided Mann-Whitney p(FIRE better than {m}) = {p:.3g}")
+    lines = method_table_lines(table, table["seeds"])
     if "auc" in table:
         for m, d in table["auc"]["methods"].items():
             lines.append(f"  AUC {m:<8} {d['mean']:>9.2f} +- {d['std']:.2f}")
