@@ -358,7 +358,8 @@ class Controller:
         self._halted: str | None = None
         self._warned_invalid: set[int] = set()
         self._seeds: dict[int, int] = {}
-        self.inflight: set[int] = set()
+        self.inflight: set[int] = set()  # submitted to the executor, result not yet handled
+        self._cancelled: set[int] = set()  # in flight, but cancelled: their result is void
         self.waiting: set[int] = set()
         if self.config.mode == "sync":
             # Not stored: in a synchronous round the workers that finished their segment wait
@@ -500,8 +501,11 @@ class Controller:
             self.store.put_segment(replace(self.segs.pop(sid), status=CANCELLED))
             if sid in self.pending:
                 self.pending.remove(sid)
-            # An in-flight result will find no segment and be rejected as stale.
-            self.inflight.discard(sid)
+            elif sid in self.inflight:
+                # The executor still runs it and holds its slot until the result comes back:
+                # it stays in flight (so dispatch never submits beyond capacity), and its result,
+                # finding no segment, is dropped quietly as expected.
+                self._cancelled.add(sid)
         self.waiting.discard(wid)
 
     def _dispatch(self) -> None:
@@ -539,10 +543,15 @@ class Controller:
         seg = self.segs.get(r.segment)
         self.inflight.discard(r.segment)
         if seg is None or seg.epoch != r.epoch:
-            log.warning(
-                "rejected a stale result for worker %d segment %d (epoch %d)",
-                r.worker, r.segment, r.epoch,
-            )
+            if r.segment in self._cancelled:
+                self._cancelled.discard(r.segment)
+                log.debug("dropped the result of cancelled segment %d (worker %d)",
+                          r.segment, r.worker)
+            else:
+                log.warning(
+                    "rejected a stale result for worker %d segment %d (epoch %d)",
+                    r.worker, r.segment, r.epoch,
+                )
             if r.checkpoint_path is not None and not self._recorded(r.checkpoint_path):
                 # Written under the old lease and never committed: nobody can refer to it. A
                 # duplicate delivery of a committed result must keep its checkpoint, though.

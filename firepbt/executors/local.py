@@ -155,8 +155,7 @@ class LocalExecutor(Executor):
     def submit(self, spec: SegmentSpec) -> None:
         self.start()
         free = [i for i, s in enumerate(self._slots) if s.spec is None]
-        if not free:
-            raise RuntimeError("submit() beyond capacity")
+        self._require_free_slot(len(self._slots) - len(free))
         last = self._last_slot.get(spec.worker)
         i = last if last in free else free[0]
         slot = self._slots[i]
