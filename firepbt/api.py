@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import multiprocessing
+import os
+import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -10,13 +14,16 @@ from typing import Any
 
 from firepbt.algorithms import Algorithm
 from firepbt.controller import Controller, RunConfig, validate_run
-from firepbt.errors import ConfigError
+from firepbt.errors import ConfigError, RunFailed
 from firepbt.executors.base import Executor
 from firepbt.executors.inprocess import InProcessExecutor
-from firepbt.executors.local import LocalExecutor
+from firepbt.executors.local import MAIN_GUARD_HINT, WORKER_ENV, LocalExecutor
 from firepbt.result import Result
 from firepbt.space import Space
 from firepbt.store import Store, open_store
+from firepbt.trainable import make_trainable_class
+
+log = logging.getLogger("firepbt")
 
 EXECUTORS = ("process", "inprocess")
 
@@ -113,7 +120,9 @@ def run(
     """
     from firepbt.algorithms.pbt import PBT
 
+    _refuse_inside_a_worker(task)
     obj = _resolve(task)
+    make_trainable_class(obj)  # a class that is no trainable is refused before anything starts
     defaults = dict(getattr(obj, "DEFAULTS", {}))
     space = space if space is not None else getattr(obj, "SPACE", None)
     if space is None:
@@ -141,7 +150,36 @@ def run(
         init_space=getattr(obj, "INIT_SPACE", None), initial=initial, on_event=on_event,
     )
     ctl.run()
-    return Result(st)
+    return _outcome(st)
+
+
+def _refuse_inside_a_worker(task: Any) -> None:
+    """A script without the main guard runs fp.run() again in every worker that imports it."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A starting worker re-runs the parent's main script (multiprocessing sets this flag
+        # meanwhile): one line, then a quiet exit that the parent turns into one clear error,
+        # instead of a traceback from every worker.
+        print(f"firepbt: error: {MAIN_GUARD_HINT}", file=sys.stderr)
+        raise SystemExit(1)
+    if os.environ.get(WORKER_ENV):
+        raise ConfigError(f"fp.run() was called while a worker imported the task's file "
+                          f"({task_ref_of(task) or task!r}): {MAIN_GUARD_HINT}")
+
+
+def _outcome(store: Store) -> Result:
+    """The run's result; raises RunFailed when no member ended with a valid fitness."""
+    result = Result(store)
+    failure = result.failure()
+    if failure is not None:
+        raise RunFailed(failure)
+    failures = result.failures()
+    if failures:
+        members = {f.worker for f in failures}
+        log.warning(
+            "%d segment(s) of %d worker(s) failed; see the tracebacks with: firepbt status %s "
+            "--failures", len(failures), len(members), store.url.removeprefix("sqlite:///"),
+        )
+    return result
 
 
 def resume(
@@ -165,4 +203,4 @@ def resume(
     ctl = Controller(store=st, executor=ex, checkpoint_root=checkpoint_root_for(st),
                      on_event=on_event)
     ctl.run()
-    return Result(st)
+    return _outcome(st)

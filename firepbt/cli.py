@@ -8,11 +8,12 @@ import io
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from firepbt.errors import FirePBTError
+from firepbt.errors import FirePBTError, RunFailed
 
 ALGORITHMS = ("pbt", "fire", "random")
 
@@ -136,7 +137,8 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"status: {res.status()}")
     if holder is not None:
         h, beat = holder
-        print(f"lock: pid {h.pid} on {h.host} (last heartbeat {beat:.0f})")
+        ago = max(0.0, time.time() - beat)
+        print(f"lock: pid {h.pid} on {h.host} (last heartbeat {ago:.0f} s ago)")
     cfg = exp["config"]
     print(f"steps {cfg['steps']}  interval {cfg['interval']}  eval_every {cfg['eval_every']}  "
           f"seed {cfg['seed']}  mode {cfg['mode']}")
@@ -148,7 +150,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {w.role:>9} {w.id:>3} P{w.subpop} {w.status:>6} step {w.step:>6} "
               f"metric {shown:>8}  {hp}")
     print(f"best: {res.best} ({res.best_metric})")
+    _print_failures(res, args.store, full=args.failures)
     return 0
+
+
+def _print_failures(res: Any, store: str, full: bool) -> None:
+    failures = res.failures()
+    why = res.failure()
+    if why is not None:
+        print(f"run failed: {why.splitlines()[0]}")
+    if not failures:
+        return
+    print(f"failures: {len(failures)} failed segment attempt(s) of "
+          f"{len({f.worker for f in failures})} worker(s)")
+    for f in failures:
+        print(f"  worker {f.worker:>3} segment {f.segment} attempt {f.attempt} "
+              f"step {f.step}: {f.last_line}")
+        if full:
+            print("    " + f.error.rstrip().replace("\n", "\n    "))
+    if not full:
+        print(f"full tracebacks: firepbt status {store} --failures")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -240,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", help="show an experiment's state")
     s.add_argument("store")
+    s.add_argument("--failures", action="store_true",
+                   help="print the full traceback of every failed segment")
     s.set_defaults(fn=cmd_status)
 
     rs = sub.add_parser("resume", help="continue a stopped or killed run")
@@ -287,6 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
         return fn(args)
+    except RunFailed as exc:
+        store = getattr(args, "store", None)
+        hint = f"\nsee: firepbt status {store} --failures" if store and "://" not in store else ""
+        print(f"firepbt: run failed: {exc}{hint}", file=sys.stderr)
+        return 1
     except FirePBTError as exc:
         print(f"firepbt: error: {exc}", file=sys.stderr)
         return 2

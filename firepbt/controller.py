@@ -9,6 +9,7 @@ from their recorded start checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -44,7 +45,7 @@ from firepbt.algorithms.base import (
     require,
 )
 from firepbt.checkpoints import CheckpointDir, collectable
-from firepbt.errors import ConfigError, ExperimentLocked
+from firepbt.errors import ConfigError, ExperimentLocked, RunFailed
 from firepbt.executors.base import Executor
 from firepbt.faults import crash_point
 from firepbt.space import Space, explore
@@ -423,6 +424,15 @@ class Controller:
             # `firepbt status` that someone stopped the run on purpose.
             self.store.put_state("status", "stopped")
             raise
+        except Exception as exc:
+            # The store stays resumable, but must not keep saying "running" (a deliberate stop,
+            # such as a full disk, has set its own status already).
+            with contextlib.suppress(Exception):
+                if self.store.get_state("status") == "running":
+                    self.store.put_state("status", "failed" if isinstance(exc, RunFailed)
+                                         else "crashed")
+                    self.store.put_state("error", traceback.format_exc())
+            raise
         finally:
             try:
                 self.close()
@@ -447,7 +457,7 @@ class Controller:
         """The P1 member with the highest latest metric, and that metric."""
         best: tuple[int, float] | None = None
         for w in self.workers.values():
-            if w.role == MEMBER and w.subpop == 1:
+            if w.role == MEMBER and w.subpop == 1 and w.status != FAILED:
                 f = self._views[w.id].last_metric()
                 if f is not None and (best is None or f > best[1]):
                     best = (w.id, f)
@@ -603,7 +613,9 @@ class Controller:
         del self._seg_of[seg.worker]
         self._new_checkpoints += 1
         w = self.workers[seg.worker]
-        self.workers[w.id] = replace(w, step=r.end_step, checkpoint=seg.to_checkpoint)
+        # ``failures`` counts failed attempts since the worker last completed a segment.
+        self.workers[w.id] = replace(w, step=r.end_step, checkpoint=seg.to_checkpoint,
+                                     failures=0)
         self.curves[w.id].extend(v for _, v in r.points)
         self._touch(w.id)
         self._ready(w.id)
@@ -613,7 +625,8 @@ class Controller:
         attempts = seg.attempts + 1
         self.workers[w.id] = w = replace(w, failures=w.failures + 1)
         self._dirty.add(w.id)
-        self._event("failure", w.id, seg.start_step, info={"attempt": attempts, "error": error})
+        self._event("failure", w.id, seg.start_step,
+                    info={"segment": seg.id, "attempt": attempts, "error": error})
         log.warning("worker %d failed segment %d (attempt %d): %s", w.id, seg.id, attempts,
                     error.strip().splitlines()[-1] if error.strip() else error)
         if _disk_full(error):
@@ -642,6 +655,10 @@ class Controller:
         del self._seg_of[seg.worker]
         if w.role == EVALUATOR:
             self._apply(StopEvaluator(w.id, "failed"))
+        elif w.failures >= 2 * self.config.max_failures:
+            # It failed again after a replacement from a donor: replacing it once more would
+            # loop for ever on a task that cannot train it. It stays failed.
+            self._give_up(w, error)
         else:
             self._replace_failed(w, error)
         # The failed segment may have been the last of a synchronous round: the workers that
@@ -657,9 +674,7 @@ class Controller:
             and self._views[p.id].last_metric() is not None
         ]
         if not peers:
-            self.workers[w.id] = replace(w, status=FAILED)
-            self._touch(w.id)
-            self._event("failed", w.id, w.step, info={"error": error})
+            self._give_up(w, error)
             return
         donor = max(peers, key=lambda p: (self._views[p.id].last_metric(), -p.id))
         new_hp, ops = explore(self.space, donor.hparams, self.rng,
@@ -670,9 +685,12 @@ class Controller:
             "replace", w.id, donor.step, donor=donor.id, donor_checkpoint=donor.checkpoint,
             old_hparams=w.hparams, new_hparams=new_hp, info={"ops": ops, "error": error},
         )
-        self.workers[w.id] = replace(self.workers[w.id], failures=0)
-        self._touch(w.id)
         self._schedule(w.id)
+
+    def _give_up(self, w: WorkerRecord, error: str) -> None:
+        self.workers[w.id] = replace(w, status=FAILED)
+        self._touch(w.id)
+        self._event("failed", w.id, w.step, info={"error": error})
 
     def _ready(self, wid: int) -> None:
         w = self.workers[wid]
@@ -934,9 +952,12 @@ class Controller:
                 log.warning("could not delete checkpoint %s: %s", path, exc)
 
     def _finish(self) -> None:
-        if self.store.get_state("status") != "finished":
+        # Nothing failed reports success: a run whose members all end without a valid
+        # fitness has no answer, however cleanly its loop ended.
+        status = "finished" if self.best() is not None else "failed"
+        if self.store.get_state("status") != status:
             with self.store.transaction():
-                self.store.put_state("status", "finished")
+                self.store.put_state("status", status)
 
 
 def _disk_full(error: str) -> bool:

@@ -22,6 +22,23 @@ class SchedulePiece:
     hparams: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Failure:
+    """One failed attempt at a segment: who, where, and the traceback from the task's code."""
+
+    worker: int
+    segment: int | None
+    attempt: int
+    step: int
+    error: str
+
+    @property
+    def last_line(self) -> str:
+        """The exception's last line (``ValueError: ...``), for tables."""
+        lines = self.error.strip().splitlines()
+        return lines[-1] if lines else ""
+
+
 class Result:
     """Queries over a store. Cheap to build; every method reads the store afresh."""
 
@@ -113,6 +130,32 @@ class Result:
 
     def events(self, kind: str | None = None) -> list[EventRecord]:
         return self.store.events(kind=kind)
+
+    def failures(self) -> list[Failure]:
+        """Every failed segment attempt, oldest first."""
+        return [
+            Failure(e.worker, e.info.get("segment"), int(e.info.get("attempt", 1)), e.step,
+                    str(e.info.get("error", "")))
+            for e in self.store.events(kind="failure")
+        ]
+
+    def failure(self) -> str | None:
+        """Why the run failed as a whole, or None: a run fails when it ended with no member
+        holding a valid fitness. The message shows the first full traceback from the task."""
+        if self.status() != "failed":
+            return None
+        failures = self.failures()
+        members = [w for w in self.store.workers() if w.role == MEMBER]
+        if not failures:
+            return (f"no member of {len(members)} ended with a valid fitness: every value the "
+                    "task's evaluate() returned was NaN, inf, None or not a number")
+        first = failures[0]
+        failed = len({f.worker for f in failures})
+        return (
+            f"no member ended with a valid fitness; {failed} of {len(members)} members failed "
+            f"({len(failures)} failed segment attempts). First failure, worker {first.worker} "
+            f"segment {first.segment} attempt {first.attempt}:\n{first.error.rstrip()}"
+        )
 
     def summary(self) -> dict[str, Any]:
         exp = self.experiment

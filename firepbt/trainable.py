@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firepbt.errors import ConfigError
+
 
 class Trainable(ABC):
     """Subclass this to plug a training loop into firepbt.
@@ -205,12 +207,45 @@ class FunctionTrainable(Trainable):
         self._from_fn = queue.Queue()
 
 
+#: The methods a task class must define (``set_hparams`` has a default).
+TRAINING_METHODS = ("setup", "train", "evaluate", "save", "load")
+
+
 def make_trainable_class(obj: Any) -> type[Trainable]:
-    """Return a Trainable subclass for a Trainable subclass or a training function."""
-    if inspect.isclass(obj) and issubclass(obj, Trainable):
-        return obj
+    """Return a Trainable subclass for a Trainable subclass or a training function.
+
+    A class that defines the training methods without subclassing :class:`Trainable` is
+    accepted as a class trainable; any other class is refused (a class is callable, and
+    taking it for a training function made every segment fail with "takes no arguments").
+
+    Raises:
+        ConfigError: ``obj`` is a class without the training methods, or not callable.
+    """
+    if inspect.isclass(obj):
+        if issubclass(obj, Trainable):
+            return obj
+        missing = [m for m in TRAINING_METHODS if not callable(getattr(obj, m, None))]
+        if missing:
+            raise ConfigError(
+                f"task class {obj.__qualname__!r} lacks {', '.join(missing)}: a task class "
+                "must subclass firepbt.Trainable (or define setup, train, evaluate, save and "
+                "load); a training function must be a function fn(hparams, checkpoint, report)"
+            )
+        return _as_trainable(obj)
     if callable(obj):
         fn = obj
         return type(f"Function[{getattr(fn, '__name__', 'fn')}]", (FunctionTrainable,),
                     {"fn": staticmethod(fn)})
-    raise TypeError(f"task {obj!r} is neither a Trainable subclass nor a function")
+    raise ConfigError(f"task {obj!r} is neither a Trainable subclass nor a function")
+
+
+def _as_trainable(cls: type) -> type[Trainable]:
+    """A Trainable subclass of a class that has the training methods but not the base."""
+
+    def __init__(self: Trainable) -> None:
+        Trainable.__init__(self)
+        cls.__init__(self)  # type: ignore[misc]
+
+    return type(cls.__name__, (cls, Trainable),
+                {"__init__": __init__, "__module__": cls.__module__,
+                 "__qualname__": cls.__qualname__})
