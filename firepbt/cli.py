@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +17,8 @@ from typing import Any
 from firepbt.errors import FirePBTError, RunFailed
 
 ALGORITHMS = ("pbt", "fire", "random")
+EXPLOIT_RULES = ("truncation", "tournament", "ttest")
+SMOOTHERS = ("gp", "ema")
 
 
 def _algorithm(args: argparse.Namespace) -> Any:
@@ -29,37 +32,61 @@ def _algorithm(args: argparse.Namespace) -> Any:
     from firepbt.algorithms.fire import FirePBT
 
     return FirePBT(population=args.population, pbt=PBT(population=2, **pbt_kw),
-                   smoother=args.smoother)
+                   smoother=args.smoother, n_subpops=args.n_subpops,
+                   evaluators=args.evaluators, p_stat=args.p_stat)
+
+
+def _subpop_bests(ctl: Any) -> str:
+    """'P1 0.91 | P2 0.88': the best latest metric of each sub-population (FIRE)."""
+    best: dict[int, float] = {}
+    for w in ctl.workers.values():
+        if w.role == "member":
+            f = ctl._views[w.id].last_metric()
+            if f is not None and (w.subpop not in best or f > best[w.subpop]):
+                best[w.subpop] = f
+    return " | ".join(f"P{k} {v:.4g}" for k, v in sorted(best.items()))
 
 
 class _Progress:
-    """A live progress bar (rich) fed by the controller after every handled result."""
+    """Live progress fed by the controller after every handled result: a rich bar with the
+    ETA on a terminal, a line per tenth of the run otherwise, nothing with ``-q``."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled
         self._bar: Any = None
         self._task: Any = None
+        self._last_decile = -1
 
     def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        if self.enabled and sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(),
-                TextColumn("{task.completed}/{task.total} member-steps"),
-                TextColumn("{task.fields[best]}"), TimeElapsedColumn(),
+                TextColumn("{task.fields[steps]}"), TextColumn("{task.fields[best]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task("training", total=1, best="")
+            self._task = self._bar.add_task("training", total=None, steps="starting workers",
+                                            best="")
         return self
 
     def __call__(self, ctl: Any) -> None:
+        if not self.enabled:
+            return
         done, total = ctl.progress()
-        best = ctl.best()
-        text = f"best member {best[0]}: {best[1]:.4g}" if best else ""
+        text = _subpop_bests(ctl)
+        text = f"best {text}" if text else ""
         if self._bar is not None:
-            self._bar.update(self._task, completed=done, total=total, best=text)
-        elif total and done * 10 // total != getattr(self, "_last_decile", -1):
+            self._bar.update(self._task, completed=done, total=total,
+                             steps=f"{done}/{total} member-steps", best=text)
+        elif total and done * 10 // total != self._last_decile:
             self._last_decile = done * 10 // total
             print(f"  {done}/{total} member-steps {text}", file=sys.stderr, flush=True)
 
@@ -68,17 +95,39 @@ class _Progress:
             self._bar.__exit__(*exc)
 
 
+def _default_store(args: argparse.Namespace) -> str:
+    """One store per experiment: runs/NAME.db, NAME from --name or task, algorithm and time."""
+    if args.store:
+        return str(args.store)
+    name = args.name
+    if not name:
+        task = args.task.rsplit(":", 1)
+        stem = Path(task[0]).stem if task[0].endswith(".py") else task[0].split(".")[-1]
+        name = f"{stem}-{args.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+        n = 2
+        base = name
+        while Path(f"runs/{name}.db").exists():  # two runs within one second
+            name, n = f"{base}-{n}", n + 1
+    return f"runs/{name}.db"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from firepbt.api import run
     from firepbt.report import write_report
+    from firepbt.space_spec import parse_space
 
     algorithm = _algorithm(args)
-    Path(args.store).parent.mkdir(parents=True, exist_ok=True)
+    space = parse_space(args.space) if args.space else None
+    args.store = _default_store(args)
+    if "://" not in args.store:
+        Path(args.store).parent.mkdir(parents=True, exist_ok=True)
+    if not args.quiet:
+        print(f"store: {args.store}", file=sys.stderr)
     with _Progress(not args.quiet) as progress:
         result = run(
-            args.task, algorithm=algorithm, steps=args.steps, interval=args.interval,
-            eval_every=args.eval_every, store=args.store, workers=args.workers,
-            executor=args.executor, seed=args.seed, mode=args.mode,
+            args.task, space=space, algorithm=algorithm, steps=args.steps,
+            interval=args.interval, eval_every=args.eval_every, store=args.store,
+            workers=args.workers, executor=args.executor, seed=args.seed, mode=args.mode,
             max_failures=args.max_failures, segment_timeout_s=args.segment_timeout,
             on_event=progress,
         )
@@ -94,7 +143,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from firepbt.report import write_report
 
     with _Progress(not args.quiet) as progress:
-        result = resume(_existing(args.store), workers=args.workers, executor=args.executor,
+        result = resume(_existing(args.store), task=args.task, workers=args.workers,
+                        executor=args.executor, allow_changed_task=args.allow_changed_task,
                         on_event=progress)
     _print_summary(result.summary())
     print(f"report: {write_report(result.store)}")
@@ -135,6 +185,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     holder = res.store.lock_holder()
     print(f"task: {exp.get('task')}  algorithm: {exp['algorithm']['name']}  "
           f"status: {res.status()}")
+    if exp["algorithm"]["name"] == "fire":
+        print("  P1 is the greedy sub-population that holds the answer; P2..Pn are its parent "
+              "sub-populations, ranked by how fast evaluators improve their weights with the "
+              "hyperparameters of P(k-1)")
     if holder is not None:
         h, beat = holder
         ago = max(0.0, time.time() - beat)
@@ -150,8 +204,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {w.role:>9} {w.id:>3} P{w.subpop} {w.status:>6} step {w.step:>6} "
               f"metric {shown:>8}  {hp}")
     print(f"best: {res.best} ({res.best_metric})")
+    _print_eta(res, exp)
     _print_failures(res, args.store, full=args.failures)
     return 0
+
+
+def _print_eta(res: Any, exp: dict[str, Any]) -> None:
+    members = [w for w in res.store.workers() if w.role == "member"]
+    total = len(members) * exp["config"]["steps"]
+    done = sum(min(w.step, exp["config"]["steps"]) for w in members)
+    line = f"progress: {done}/{total} member-steps ({100 * done / max(total, 1):.0f} %)"
+    if res.status() == "running" and 0 < done < total and exp.get("created"):
+        elapsed = max(time.time() - float(exp["created"]), 0.0)
+        line += f", ETA {elapsed * (total - done) / done / 60:.1f} min"
+    print(line)
 
 
 def _print_failures(res: Any, store: str, full: bool) -> None:
@@ -184,6 +250,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     member = args.member if args.member is not None else res.best
     if member is None:
         raise FirePBTError(f"store {args.store!r} has no member with a valid metric yet")
+    members = sorted(w.id for w in res.store.workers() if w.role == "member")
+    if member not in members:
+        raise FirePBTError(f"--member {member}: no such member in {args.store!r} "
+                           f"(members: {members[0]}..{members[-1]})")
+    if args.checkpoint:
+        import shutil
+
+        target = Path(args.checkpoint)
+        if target.exists():
+            raise FirePBTError(f"--checkpoint {str(target)!r} exists already: give a new folder")
+        shutil.copytree(res.best_checkpoint(member), target)
+        print(f"member {member}'s weights: {target} (read it with your task's load())")
+        return 0
     pieces = res.schedule(member)
     rows = [{"start_step": p.start_step, "end_step": p.end_step, "worker": p.worker,
              **p.hparams} for p in pieces]
@@ -229,78 +308,133 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where there is none to show (None, or an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _builtin_tasks() -> str:
+    from firepbt.tasks.loader import BUILTIN
+
+    return ", ".join(BUILTIN)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="firepbt", description=__doc__)
+    from firepbt import __version__
+
+    fmt = _HelpFormatter
+    p = argparse.ArgumentParser(prog="firepbt", description=__doc__, formatter_class=fmt)
+    p.add_argument("--version", action="version", version=f"firepbt {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log warnings and details")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="train a population")
-    r.add_argument("task", help="file.py:Name, module:Name or a builtin task "
-                   "(quadratic, moving, plain, deceptive, nqm, fmnist, fmnist-cnn, "
-                   "teacher-student, sleep)")
-    r.add_argument("--algorithm", choices=ALGORITHMS, default="pbt")
+    r = sub.add_parser("run", help="train a population", formatter_class=fmt)
+    r.add_argument("task", help="file.py:Name, module:Name or a built-in task: "
+                   f"{_builtin_tasks()}")
+    r.add_argument("--algorithm", choices=ALGORITHMS, default="pbt",
+                   help="pbt (greedy PBT), fire (FIRE PBT) or random (random search)")
     r.add_argument("--population", type=int, default=8,
-                   help="members (FIRE: members + evaluators)")
+                   help="workers in the population (FIRE: members + evaluators)")
     r.add_argument("--workers", type=int, default=2, help="parallel worker processes")
-    r.add_argument("--steps", type=int, help="training steps per member (task default)")
-    r.add_argument("--interval", type=int, help="steps between ready points (task default)")
-    r.add_argument("--eval-every", type=int, help="steps between curve points")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--store", default="runs/firepbt.db", help="SQLite file (or memory://)")
-    r.add_argument("--mode", choices=("async", "sync"), default="async")
-    r.add_argument("--executor", choices=("process", "inprocess"), default="process")
-    r.add_argument("--exploit", choices=("truncation", "tournament", "ttest"),
-                   default="truncation")
-    r.add_argument("--quantile", type=float, default=0.25)
-    r.add_argument("--smoother", choices=("gp", "ema"), default="gp", help="FIRE smoother")
-    r.add_argument("--max-failures", type=int, default=3)
+    r.add_argument("--space", help="search space, e.g. 'lr=loguniform(1e-4,1e-1); "
+                   "momentum=0.9', or a .json file (default: the task's SPACE)")
+    r.add_argument("--steps", type=int, help="training steps per member (task DEFAULTS)")
+    r.add_argument("--interval", type=int, help="steps between ready points (task DEFAULTS)")
+    r.add_argument("--eval-every", type=int,
+                   help="steps between curve points (task DEFAULTS, else interval // 10)")
+    r.add_argument("--seed", type=int, default=0,
+                   help="seeds sampling, exploit/explore and every member")
+    r.add_argument("--name", help="the experiment's name: its store is runs/NAME.db")
+    r.add_argument("--store", help="store file or URL (memory:// for none); default "
+                   "runs/NAME.db, NAME from --name or task-algorithm-time")
+    r.add_argument("--mode", choices=("async", "sync"), default="async",
+                   help="async: decide at each member's ready point; sync: in rounds")
+    r.add_argument("--executor", choices=("process", "inprocess"), default="process",
+                   help="process: worker processes; inprocess: one process, reproducible")
+    r.add_argument("--exploit", choices=EXPLOIT_RULES, default="truncation",
+                   help="PBT's exploit rule (also inside FIRE's sub-populations)")
+    r.add_argument("--quantile", type=float, default=0.25,
+                   help="truncation: the bottom quantile copies the top quantile")
+    r.add_argument("--smoother", choices=SMOOTHERS, default="gp",
+                   help="FIRE: how learning curves are smoothed to align them")
+    r.add_argument("--n-subpops", type=int, default=2, help="FIRE: sub-populations P1..Pn")
+    r.add_argument("--evaluators", type=int,
+                   help="FIRE: evaluator workers (default: 28 %% of the population)")
+    r.add_argument("--p-stat", type=float, default=0.01,
+                   help="FIRE: significance level of the evaluators' sign test")
+    r.add_argument("--max-failures", type=int, default=3,
+                   help="attempts of a segment before its member is replaced from a donor")
     r.add_argument("--segment-timeout", type=float, help="seconds before a segment is killed")
-    r.add_argument("--no-report", action="store_true")
+    r.add_argument("--no-report", action="store_true", help="do not write the HTML report")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     r.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("status", help="show an experiment's state")
-    s.add_argument("store")
+    s = sub.add_parser("status", help="show an experiment's state", formatter_class=fmt)
+    s.add_argument("store", help="the experiment's store file or URL")
     s.add_argument("--failures", action="store_true",
                    help="print the full traceback of every failed segment")
     s.set_defaults(fn=cmd_status)
 
-    rs = sub.add_parser("resume", help="continue a stopped or killed run")
-    rs.add_argument("store")
-    rs.add_argument("--workers", type=int, default=2)
-    rs.add_argument("--executor", choices=("process", "inprocess"), default="process")
-    rs.add_argument("-q", "--quiet", action="store_true")
+    rs = sub.add_parser("resume", help="continue a stopped or killed run (imports the task "
+                        "the store names)", formatter_class=fmt)
+    rs.add_argument("store", help="the experiment's store file or URL")
+    rs.add_argument("--task", help="file.py:Name or module:Name to use instead of the stored "
+                    "task (it must have the same search space)")
+    rs.add_argument("--allow-changed-task", action="store_true",
+                    help="resume although the task's file or SPACE changed since the start")
+    rs.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    rs.add_argument("--executor", choices=("process", "inprocess"), default="process",
+                    help="process: worker processes; inprocess: one process")
+    rs.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     rs.set_defaults(fn=cmd_resume)
 
-    rp = sub.add_parser("report", help="write the HTML report")
-    rp.add_argument("store")
-    rp.add_argument("-o", "--output")
+    rp = sub.add_parser("report", help="write the HTML report", formatter_class=fmt)
+    rp.add_argument("store", help="the experiment's store file or URL")
+    rp.add_argument("-o", "--output", help="HTML file to write (default: beside the store)")
     rp.set_defaults(fn=cmd_report)
 
-    ex = sub.add_parser("export", help="the best lineage's schedule as JSON or CSV")
-    ex.add_argument("store")
-    ex.add_argument("--format", choices=("json", "csv"), default="json")
+    ex = sub.add_parser("export", help="the best lineage's schedule as JSON or CSV, or its "
+                        "weights", formatter_class=fmt)
+    ex.add_argument("store", help="the experiment's store file or URL")
+    ex.add_argument("--format", choices=("json", "csv"), default="json",
+                    help="format of the schedule")
     ex.add_argument("--member", type=int, help="another member than the best")
-    ex.add_argument("-o", "--output")
+    ex.add_argument("--checkpoint", metavar="DIR",
+                    help="copy the member's trained weights (its checkpoint folder) to DIR")
+    ex.add_argument("-o", "--output", help="file to write the schedule to (default: stdout)")
     ex.set_defaults(fn=cmd_export)
 
-    ck = sub.add_parser("check", help="verify the store's invariants")
-    ck.add_argument("store")
+    ck = sub.add_parser("check", help="verify the store's invariants (read-only)",
+                        formatter_class=fmt)
+    ck.add_argument("store", help="the experiment's store file or URL")
     ck.set_defaults(fn=cmd_check)
 
-    b = sub.add_parser("bench", help="benchmarks that print their figures")
-    b.add_argument("name")
+    b = sub.add_parser("bench", help="benchmarks that print their figures",
+                       formatter_class=fmt)
+    b.add_argument("name", help=f"one of: {_bench_names()}")
     b.add_argument("--json", action="store_true", help="print one JSON object last")
-    b.add_argument("--preset", choices=("quick", "full"), default="quick")
-    b.add_argument("--seeds", type=int)
+    b.add_argument("--preset", choices=("quick", "full"), default="quick",
+                   help="size of the comparison benchmarks")
+    b.add_argument("--seeds", type=int, help="seeds (overrides the preset)")
     b.set_defaults(fn=cmd_bench)
 
-    d = sub.add_parser("demo", help="the README's main job: FIRE PBT vs PBT, then a report")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--workers", type=int, default=2)
+    d = sub.add_parser("demo", help="the README's main job: FIRE PBT vs PBT, then a report",
+                       formatter_class=fmt)
+    d.add_argument("--out", default="runs/demo", help="folder for the stores and reports")
+    d.add_argument("--workers", type=int, default=2, help="parallel worker processes")
     d.add_argument("--quick", action="store_true", help="a smaller run (for tests)")
     d.set_defaults(fn=cmd_demo)
     return p
+
+
+def _bench_names() -> str:
+    from firepbt.bench import BENCHES
+
+    return ", ".join(BENCHES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,6 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nfirepbt: stopped; the store is resumable: firepbt resume {store}",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `firepbt status STORE | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

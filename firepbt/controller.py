@@ -200,6 +200,7 @@ class Controller:
         initial: Sequence[Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
         on_event: Callable[[Controller], None] | None = None,
+        experiment_info: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -217,7 +218,8 @@ class Controller:
                         f"store {store.url!r} holds no experiment: space, algorithm and "
                         "config are needed to start one"
                     )
-                self._create(task_ref, space, algorithm, config, init_space or space, initial)
+                self._create(task_ref, space, algorithm, config, init_space or space, initial,
+                             experiment_info or {})
             else:
                 self._load(existing, task_ref, space, algorithm, config)
         except BaseException:
@@ -258,6 +260,7 @@ class Controller:
         config: RunConfig,
         init_space: Space,
         initial: Sequence[Mapping[str, Any]] | None,
+        experiment_info: Mapping[str, Any],
     ) -> None:
         validate_run(space, algorithm, config, initial)
         self.space, self.algorithm, self.config = space, algorithm, config
@@ -275,6 +278,7 @@ class Controller:
                     "algorithm": algorithm.to_config(),
                     "config": config.to_json(),
                     "created": self.clock(),
+                    **experiment_info,
                 }
             )
             members = 0
@@ -315,12 +319,13 @@ class Controller:
             if given is not None and _as_json(given) != _as_json(stored):
                 raise ConfigError(
                     f"store {self.store.url!r} holds an experiment with different {what}: "
-                    f"stored {_as_json(stored)}, given {_as_json(given)}; resume without "
+                    f"{differences(_as_json(stored), _as_json(given))}; resume without "
                     "passing them, or use a new store"
                 )
         if space is not None and space.to_json() != stored_space.to_json():
             raise ConfigError(
-                f"store {self.store.url!r} holds an experiment with a different search space"
+                f"store {self.store.url!r} holds an experiment with a different search space: "
+                f"{differences(stored_space.to_json(), space.to_json())}; use a new store"
             )
         if task_ref is not None and existing.get("task") not in (None, task_ref):
             raise ConfigError(
@@ -729,9 +734,11 @@ class Controller:
             tables=self._snapshot_tables(),
         )
         for k, table in sorted((snapshot.tables or {}).items()):
-            # NaN-like fitness never donates, so nobody can exploit: say why, once per run.
+            # NaN-like fitness never donates, so nobody can exploit: say why, once per run,
+            # but only once every member has reported (not at a healthy run's start).
             if (k not in self._warned_invalid and len(table.values)
-                    and np.isnan(table.values).all()):
+                    and np.isnan(table.values).all()
+                    and all(self.workers[int(i)].step > 0 for i in table.ids)):
                 self._warned_invalid.add(k)
                 log.warning("sub-population %d: no member has a valid fitness (NaN, inf, "
                             "None or non-numeric); no exploit until one has", k)
@@ -958,6 +965,18 @@ class Controller:
         if self.store.get_state("status") != status:
             with self.store.transaction():
                 self.store.put_state("status", status)
+
+
+def differences(stored: Any, given: Any, prefix: str = "") -> str:
+    """The keys whose values differ, as 'key: stored X, given Y' (nested keys dotted)."""
+    if isinstance(stored, Mapping) and isinstance(given, Mapping):
+        parts = [
+            differences(stored.get(k), given.get(k), f"{prefix}{k}.")
+            for k in sorted(set(stored) | set(given), key=str)
+            if stored.get(k) != given.get(k)
+        ]
+        return "; ".join(p for p in parts if p)
+    return f"{prefix.rstrip('.')}: stored {stored!r}, given {given!r}"
 
 
 def _disk_full(error: str) -> bool:

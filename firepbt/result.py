@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from firepbt.store.base import MEMBER, EventRecord, Store
@@ -130,6 +131,28 @@ class Result:
 
     def events(self, kind: str | None = None) -> list[EventRecord]:
         return self.store.events(kind=kind)
+
+    def best_checkpoint(self, member: int | None = None) -> Path:
+        """The directory holding the trained weights of ``member`` (default: the best member),
+        as the task's ``save()`` wrote it: the task's own ``load()`` reads it. It is verified
+        against its checksum first.
+
+        Raises:
+            KeyError: no such member, or no member has a valid metric yet.
+            CheckpointError: the checkpoint is gone or fails its checksum.
+        """
+        from firepbt.checkpoints import CheckpointDir
+
+        wid = self.best if member is None else member
+        if wid is None:
+            raise KeyError(f"store {self.store.url!r} has no member with a valid metric yet")
+        w = self.store.worker(wid)
+        if w.checkpoint is None:
+            raise KeyError(f"worker {wid} has not written a checkpoint yet")
+        rec = self.store.checkpoint(w.checkpoint)
+        path = Path(rec.path)
+        CheckpointDir(path.parent).verify(path, rec.checksum)
+        return path
 
     def failures(self) -> list[Failure]:
         """Every failed segment attempt, oldest first."""

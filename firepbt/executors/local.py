@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ def _worker_main(conn: Connection, task_ref: str, threads: int, env: dict[str, s
     for var in _THREAD_ENV:
         os.environ[var] = str(threads)
     os.environ[WORKER_ENV] = "1"  # fp.run() refuses to start inside a worker (no main guard)
+    # Ctrl-C in the terminal reaches the whole process group: the controller stops the
+    # workers itself, so a worker must not die printing its own KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import traceback
 
     from firepbt.executors.worker import WorkerState, resolve_task
