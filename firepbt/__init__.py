@@ -29,6 +29,7 @@ _EXPORTS = {
     "Choice": "firepbt.space",
     "ExploreConfig": "firepbt.space",
     "Trainable": "firepbt.trainable",
+    "Metric": "firepbt.trainable",
 }
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from firepbt.errors import ConfigError, FirePBTError
     from firepbt.result import Result
     from firepbt.space import Choice, ExploreConfig, Int, LogUniform, Ordered, Space, Uniform
-    from firepbt.trainable import Trainable
+    from firepbt.trainable import Metric, Trainable
 
 
 def __getattr__(name: str) -> Any:
@@ -64,6 +65,7 @@ __all__ = [
     "FirePBTError",
     "Int",
     "LogUniform",
+    "Metric",
     "Ordered",
     "RandomSearch",
     "Result",

@@ -23,7 +23,7 @@ from firepbt.result import Result
 from firepbt.space import Space
 from firepbt.store import Store, open_store
 from firepbt.tasks.loader import absolute_ref, source_file
-from firepbt.trainable import make_trainable_class
+from firepbt.trainable import Metric, make_trainable_class
 
 log = logging.getLogger("firepbt")
 
@@ -115,6 +115,7 @@ def run(
     keep_checkpoints: int = 2,
     segment_timeout_s: float | None = None,
     initial: Sequence[Mapping[str, Any]] | None = None,
+    metric: str | Metric | None = None,
     on_event: Callable[[Controller], None] | None = None,
 ) -> Result:
     """Train a population of ``task`` and return a :class:`Result`.
@@ -138,6 +139,9 @@ def run(
         keep_checkpoints: newest checkpoints kept per worker beyond the pinned ones.
         segment_timeout_s: a segment running longer is killed and counts as a failure.
         initial: starting hyperparameters for the members (cycled), instead of sampling.
+        metric: what evaluate() measures: a name, or ``Metric(name, mode="min")`` when lower
+            is better (default ``task.METRIC``, else "fitness", higher is better). When
+            evaluate() returns a dict, this names the fitness among its keys.
         on_event: called with the controller after every handled result (progress).
     """
     from firepbt.algorithms.pbt import PBT
@@ -175,6 +179,7 @@ def run(
     # Everything is validated before the store file is created or a worker starts.
     ex = _executor(executor, obj, ref, workers, segment_timeout_s)
     validate_run(space, algorithm, config, initial)
+    spec = Metric.of(metric if metric is not None else task_attribute(obj, "METRIC"))
     st = open_store(store) if isinstance(store, str) else store
     if st.experiment() is not None and st.get_state("status") == "finished":
         log.warning("store %s already holds a finished run of this experiment: returning its "
@@ -183,7 +188,8 @@ def run(
         store=st, executor=ex, checkpoint_root=checkpoint_root_for(st), task_ref=ref,
         space=space, algorithm=algorithm, config=config,
         init_space=getattr(obj, "INIT_SPACE", None), initial=initial, on_event=on_event,
-        experiment_info={"task_sha256": task_digest(ref), "task_space": _task_space(obj)},
+        experiment_info={"task_sha256": task_digest(ref), "task_space": _task_space(obj),
+                         "metric": spec.to_json()},
     )
     ctl.run()
     return _outcome(st)

@@ -44,7 +44,8 @@ def _subpop_bests(ctl: Any) -> str:
             f = ctl._views[w.id].last_metric()
             if f is not None and (w.subpop not in best or f > best[w.subpop]):
                 best[w.subpop] = f
-    return " | ".join(f"P{k} {v:.4g}" for k, v in sorted(best.items()))
+    sign = ctl.metric.sign  # fitness back to the task's own values
+    return " | ".join(f"P{k} {sign * v:.4g}" for k, v in sorted(best.items()))
 
 
 class _Progress:
@@ -111,6 +112,14 @@ def _default_store(args: argparse.Namespace) -> str:
     return f"runs/{name}.db"
 
 
+def _metric(args: argparse.Namespace) -> Any:
+    from firepbt.trainable import Metric
+
+    if args.metric is None and args.metric_mode is None:
+        return None  # the task's METRIC, else the default
+    return Metric(args.metric or "fitness", args.metric_mode or "max")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from firepbt.api import run
     from firepbt.report import write_report
@@ -129,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             interval=args.interval, eval_every=args.eval_every, store=args.store,
             workers=args.workers, executor=args.executor, seed=args.seed, mode=args.mode,
             max_failures=args.max_failures, segment_timeout_s=args.segment_timeout,
-            on_event=progress,
+            metric=_metric(args), on_event=progress,
         )
     _print_summary(result.summary())
     if args.no_report or args.store.startswith("memory://"):
@@ -195,7 +204,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"lock: pid {h.pid} on {h.host} (last heartbeat {ago:.0f} s ago)")
     cfg = exp["config"]
     print(f"steps {cfg['steps']}  interval {cfg['interval']}  eval_every {cfg['eval_every']}  "
-          f"seed {cfg['seed']}  mode {cfg['mode']}")
+          f"seed {cfg['seed']}  mode {cfg['mode']}  metric {res.metric.describe()}")
     finals = res.final_metrics(subpop=None)
     for w in res.store.workers():
         metric = finals.get(w.id)
@@ -366,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FIRE: evaluator workers (default: 28 %% of the population)")
     r.add_argument("--p-stat", type=float, default=0.01,
                    help="FIRE: significance level of the evaluators' sign test")
+    r.add_argument("--metric", help="name of the metric evaluate() returns (the key, when it "
+                   "returns a dict); default: the task's METRIC, else 'fitness'")
+    r.add_argument("--metric-mode", choices=("max", "min"),
+                   help="whether higher (max) or lower (min) values of the metric are better; "
+                   "default: the task's METRIC, else max")
     r.add_argument("--max-failures", type=int, default=3,
                    help="attempts of a segment before its member is replaced from a donor")
     r.add_argument("--segment-timeout", type=float, help="seconds before a segment is killed")

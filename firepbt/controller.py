@@ -68,7 +68,7 @@ from firepbt.store.base import (
     Store,
     WorkerRecord,
 )
-from firepbt.trainable import SegmentResult, SegmentSpec
+from firepbt.trainable import Metric, SegmentResult, SegmentSpec
 
 log = logging.getLogger("firepbt")
 
@@ -264,6 +264,7 @@ class Controller:
     ) -> None:
         validate_run(space, algorithm, config, initial)
         self.space, self.algorithm, self.config = space, algorithm, config
+        self.metric = Metric.of(experiment_info.get("metric"))
         self.rng = np.random.default_rng(config.seed)
         self.tick = 0
         self.workers: dict[int, WorkerRecord] = {}
@@ -333,6 +334,7 @@ class Controller:
                 f"not {task_ref!r}"
             )
         self.space, self.algorithm, self.config = stored_space, stored_alg, stored_cfg
+        self.metric = Metric.of(existing.get("metric"))
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = self.store.get_state("rng")
         self.tick = int(self.store.get_state("tick", 0))
@@ -459,7 +461,8 @@ class Controller:
         return done, len(members) * self.config.steps
 
     def best(self) -> tuple[int, float] | None:
-        """The P1 member with the highest latest metric, and that metric."""
+        """The P1 member with the best latest metric, and its fitness (the metric, negated
+        when lower is better)."""
         best: tuple[int, float] | None = None
         for w in self.workers.values():
             if w.role == MEMBER and w.subpop == 1 and w.status != FAILED:
@@ -550,6 +553,7 @@ class Controller:
                 save_checkpoint=seg.to_checkpoint,
                 checkpoint_root=str(self.ckpt.root),
                 timeout_s=self.config.segment_timeout_s,
+                metric=self.metric.name,
             )
             self.inflight.add(sid)
             self.executor.submit(spec)
@@ -621,7 +625,9 @@ class Controller:
         # ``failures`` counts failed attempts since the worker last completed a segment.
         self.workers[w.id] = replace(w, step=r.end_step, checkpoint=seg.to_checkpoint,
                                      failures=0)
-        self.curves[w.id].extend(v for _, v in r.points)
+        # The store keeps the task's values; curves hold fitness (higher is better).
+        sign = self.metric.sign
+        self.curves[w.id].extend(None if v is None else sign * v for _, v in r.points)
         self._touch(w.id)
         self._ready(w.id)
 

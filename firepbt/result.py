@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from firepbt.store.base import MEMBER, EventRecord, Store
+from firepbt.trainable import Metric
 
 LINEAGE_KINDS = ("exploit", "transfer", "replace")
 
@@ -53,6 +54,11 @@ class Result:
             raise KeyError(f"store {self.store.url!r} holds no experiment")
         return exp
 
+    @property
+    def metric(self) -> Metric:
+        """The run's metric: its name and whether higher or lower is better."""
+        return Metric.of(self.experiment.get("metric"))
+
     def status(self) -> str:
         return str(self.store.get_state("status", "unknown"))
 
@@ -69,11 +75,12 @@ class Result:
 
     @property
     def best(self) -> int | None:
-        """The member of P1 with the highest latest metric (the run's answer)."""
+        """The member of P1 with the best latest metric (the run's answer)."""
         finals = {k: v for k, v in self.final_metrics().items() if v is not None}
         if not finals:
             return None
-        return max(finals, key=lambda k: (finals[k], -k))
+        sign = self.metric.sign
+        return max(finals, key=lambda k: (sign * finals[k], -k))
 
     @property
     def best_metric(self) -> float | None:
@@ -186,6 +193,7 @@ class Result:
         return {
             "status": self.status(),
             "algorithm": exp["algorithm"]["name"],
+            "metric": self.metric.describe(),
             "best": best,
             "best_metric": self.best_metric,
             "exploits": len(self.store.events(kind="exploit")),
