@@ -17,6 +17,7 @@ _EXPORTS = {
     "FirePBT": "firepbt.algorithms.fire",
     "RandomSearch": "firepbt.algorithms.random_search",
     "run": "firepbt.api",
+    "compare": "firepbt.compare",
     "resume": "firepbt.api",
     "ConfigError": "firepbt.errors",
     "FirePBTError": "firepbt.errors",
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from firepbt.algorithms.pbt import PBT
     from firepbt.algorithms.random_search import RandomSearch
     from firepbt.api import resume, run
+    from firepbt.compare import compare
     from firepbt.errors import ConfigError, FirePBTError
     from firepbt.result import Result
     from firepbt.space import Choice, ExploreConfig, Int, LogUniform, Ordered, Space, Uniform
@@ -73,6 +75,7 @@ __all__ = [
     "Trainable",
     "Uniform",
     "__version__",
+    "compare",
     "resume",
     "run",
 ]

@@ -301,6 +301,25 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from firepbt.compare import compare
+    from firepbt.space_spec import parse_space
+
+    summary = compare(
+        args.task, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        seeds=args.seeds, workers=args.workers, baselines=args.baseline, out=args.out,
+        space=parse_space(args.space) if args.space else None, steps=args.steps,
+        interval=args.interval, eval_every=args.eval_every, processes=args.processes,
+        executor=args.executor, mode=args.mode, metric=_metric(args),
+    )
+    print(f"{'method':<36} {'mean':>10} {'sd':>9} {'median':>10} {'wins':>5}")
+    for m in summary["methods"].values():
+        cells = [f"{x:>10.4g}" if x is not None else f"{'-':>10}"
+                 for x in (m["mean"], m["sd"], m["median"])]
+        print(f"{m['label']:<36} {cells[0]} {cells[1][1:]} {cells[2]} {m['wins']:>5}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from firepbt.bench import run_bench
 
@@ -426,6 +445,34 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=fmt)
     ck.add_argument("store", help="the experiment's store file or URL")
     ck.set_defaults(fn=cmd_check)
+
+    c = sub.add_parser("compare", help="FIRE PBT, PBT, random search and fixed schedules on "
+                       "your task, at equal worker budget, over several seeds (resumable)",
+                       formatter_class=fmt)
+    c.add_argument("task", help="file.py:Name, module:Name or a built-in task")
+    c.add_argument("--methods", default="fire,pbt,random",
+                   help="comma-separated, among fire, pbt, random")
+    c.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 of every method")
+    c.add_argument("--workers", type=int, default=22,
+                   help="each method's worker budget (FIRE: members + evaluators)")
+    c.add_argument("--baseline", action="append", default=[],
+                   help="a fixed schedule, e.g. 'lr=cosine(0.1)' or 'lr=step(1,0.1,0.5,0.75)' "
+                   "(constant, cosine, linear, step); repeat for several")
+    c.add_argument("--out", default="runs/compare",
+                   help="folder for the runs, compare.html and compare.json")
+    c.add_argument("--space", help="search space (default: the task's SPACE)")
+    c.add_argument("--steps", type=int, help="training steps per member (task DEFAULTS)")
+    c.add_argument("--interval", type=int, help="steps between ready points (task DEFAULTS)")
+    c.add_argument("--eval-every", type=int, help="steps between curve points")
+    c.add_argument("--processes", type=int, default=2, help="worker processes per run")
+    c.add_argument("--executor", choices=("process", "inprocess"), default="process",
+                   help="process: worker processes; inprocess: one process")
+    c.add_argument("--mode", choices=("async", "sync"), default="async",
+                   help="async: decide at each member's ready point; sync: in rounds")
+    c.add_argument("--metric", help="name of the metric (default: the task's METRIC)")
+    c.add_argument("--metric-mode", choices=("max", "min"),
+                   help="whether higher (max) or lower (min) is better")
+    c.set_defaults(fn=cmd_compare)
 
     b = sub.add_parser("bench", help="benchmarks that print their figures",
                        formatter_class=fmt)
