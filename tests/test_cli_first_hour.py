@@ -164,3 +164,23 @@ def test_every_option_has_help_and_there_is_a_version() -> None:
     assert "decision-cost" in bench.stdout
     run = subprocess.run([*FIREPBT, "run", "--help"], capture_output=True, text=True, timeout=60)
     assert "acrobot" in run.stdout and "lunarlander" in run.stdout and "(default: 8)" in run.stdout
+
+
+def test_ctrl_c_stops_with_one_line_and_no_worker_tracebacks(tmp_path: Path) -> None:
+    import signal
+
+    # Its own process group, like a shell job: Ctrl-C reaches the workers too.
+    proc = subprocess.Popen([*FIREPBT, "run", "sleep", "--population", "4", "--store", "s.db"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # bounded: the run ends by itself
+        if "member-steps" in line:  # training has started
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    assert "resumable: firepbt resume s.db" in rest
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
+    resumed = firepbt("resume", "s.db", "-q", cwd=tmp_path, check=True)
+    assert "status: finished" in resumed.stdout
