@@ -13,20 +13,76 @@ Elsewhere ``spawn`` is used.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing as mp
 import os
+import shutil
+import signal
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
+from firepbt.checkpoints import CheckpointDir
+from firepbt.errors import CheckpointError
 from firepbt.executors.base import Executor
 from firepbt.trainable import SegmentResult, SegmentSpec
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+#: Prefix of the folder (in the system temp dir) that holds this process's multiprocessing
+#: temp dir; the pid after it lets a later controller remove the folder of a killed one.
+MP_TEMP_PREFIX = "firepbt-mp-"
 
 
-def _worker_main(conn: Connection, task_ref: str, threads: int, env: dict[str, str]) -> None:
+def _die_with_parent(controller_pid: int) -> None:
+    """Make this worker die as soon as the process that started it does.
+
+    A worker orphaned by a killed controller would otherwise finish its segment and write the
+    checkpoint a resumed controller is about to use, and print a BrokenPipeError traceback on
+    the way out. On Linux the kernel delivers SIGKILL when the parent exits
+    (``prctl(PR_SET_PDEATHSIG)``); the parent is the fork server, which exits as soon as the
+    controller does (it watches a pipe the controller holds). Elsewhere a watchdog thread
+    polls the parent pid.
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(err)}")
+    else:  # pragma: no cover - exercised on macOS only
+        import threading
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="firepbt-parent-watchdog", daemon=True).start()
+    # The parent may have died before the death signal was armed: then nobody will send it.
+    if _pid_gone(controller_pid) or os.getppid() != parent:
+        os._exit(1)
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _worker_main(
+    conn: Connection, task_ref: str, threads: int, env: dict[str, str], controller_pid: int
+) -> None:
+    _die_with_parent(controller_pid)
     # A fork-server child inherits the server's environment, not the controller's current one:
     # take the controller's, as a spawned process would (fault injection and user settings
     # travel this way). Thread counts are set before any numerical library is imported.
@@ -34,27 +90,60 @@ def _worker_main(conn: Connection, task_ref: str, threads: int, env: dict[str, s
     os.environ.update(env)
     for var in _THREAD_ENV:
         os.environ[var] = str(threads)
-    import sys
-
     from firepbt.executors.worker import WorkerState, resolve_task
 
     state = WorkerState(resolve_task(task_ref))
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     while True:
+        # A closed or reset pipe means the controller is gone: nobody wants a result any more,
+        # and a traceback on the user's terminal would only alarm. Leave quietly.
         try:
             kind, payload = conn.recv()
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, OSError, KeyboardInterrupt):
             return
         if kind == "stop":
             return
         if kind == "forget":
             state.forget(payload)
             continue
-        # Tell the parent the segment starts now: its timeout must not count the time this
-        # process spent starting up and importing the task.
-        conn.send(("started", None))
-        conn.send(("result", state.run(payload)))
+        try:
+            # Tell the parent the segment starts now: its timeout must not count the time this
+            # process spent starting up and importing the task.
+            conn.send(("started", None))
+            conn.send(("result", state.run(payload)))
+        except OSError:  # BrokenPipeError, ConnectionResetError
+            return
+
+
+def own_mp_temp_dir() -> None:
+    """Put multiprocessing's temp dir in a folder named after this pid; sweep dead ones' folders.
+
+    multiprocessing keeps the fork server's socket in a ``pymp-*`` temp dir that it removes at
+    exit, so a controller killed with SIGKILL leaked one per kill. Here that dir lives inside
+    ``<tmp>/firepbt-mp-<pid>-*``, and every start removes the folders whose pid is gone. A
+    process that already has its multiprocessing temp dir keeps it where it is.
+    """
+    from multiprocessing import util
+
+    base = Path(tempfile.gettempdir())
+    for entry in base.glob(f"{MP_TEMP_PREFIX}*"):
+        parts = entry.name[len(MP_TEMP_PREFIX):].split("-")
+        if parts[0].isdigit() and int(parts[0]) != os.getpid() and _pid_gone(int(parts[0])):
+            shutil.rmtree(entry, ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=f"{MP_TEMP_PREFIX}{os.getpid()}-")
+    saved = tempfile.tempdir
+    tempfile.tempdir = folder  # get_temp_dir() makes its pymp-* dir in gettempdir()
+    try:
+        made = Path(util.get_temp_dir())
+    finally:
+        tempfile.tempdir = saved
+    if made.parent != Path(folder):  # this process had its temp dir already: not ours to move
+        os.rmdir(folder)
+        return
+    # multiprocessing removes its pymp-* dir at exit (priority -100); remove the folder after.
+    util.Finalize(None, shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True},
+                  exitpriority=-101)
 
 
 #: Extra seconds a segment's timeout allows before its worker reports that it started (a fresh
@@ -108,7 +197,8 @@ class LocalExecutor(Executor):
     def _spawn(self) -> _Slot:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
-            target=_worker_main, args=(child, self.task_ref, self.threads, dict(os.environ)),
+            target=_worker_main,
+            args=(child, self.task_ref, self.threads, dict(os.environ), os.getpid()),
             daemon=True,
         )
         proc.start()
@@ -118,6 +208,7 @@ class LocalExecutor(Executor):
     def start(self) -> None:
         if self._slots:
             return
+        own_mp_temp_dir()
         if self._ctx.get_start_method() == "forkserver":
             self._warm_forkserver()
         self._slots = [self._spawn() for _ in range(self.workers)]
@@ -172,6 +263,15 @@ class LocalExecutor(Executor):
             slot.process.kill()
         slot.process.join(timeout=5)
         slot.conn.close()
+        if not slot.process.is_alive():
+            # It may have died after renaming its checkpoint into place but before reporting it
+            # (nobody will ever record that checkpoint, and nobody can write it any more), or
+            # half-way through writing one (a .tmp-* folder of a dead pid): remove both now,
+            # not at the next start, so that a finished run leaves no leaked files.
+            with contextlib.suppress(CheckpointError, OSError):
+                folder = CheckpointDir(spec.checkpoint_root)
+                folder.delete(folder.path_for(spec.save_checkpoint))
+                folder.clean_orphans()
         self._slots[i] = self._spawn()
         self.restarts += 1
         for w, s in list(self._last_slot.items()):
