@@ -13,13 +13,12 @@ Elsewhere ``spawn`` is used.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -32,57 +31,35 @@ from firepbt.executors.base import Executor
 from firepbt.trainable import SegmentResult, SegmentSpec
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
-#: Prefix of the folder (in the system temp dir) that holds this process's multiprocessing
-#: temp dir; the pid after it lets a later controller remove the folder of a killed one.
+#: Prefix of the marker file (in the system temp dir) naming this process's multiprocessing
+#: temp dir; the pid after it lets a later controller remove the dir of a killed one.
 MP_TEMP_PREFIX = "firepbt-mp-"
 
 
-def _die_with_parent(controller_pid: int) -> None:
-    """Make this worker die as soon as the process that started it does.
+def _die_with_controller(lifeline: Connection) -> None:
+    """Make this worker exit as soon as its controller does, however the controller died.
 
     A worker orphaned by a killed controller would otherwise finish its segment and write the
     checkpoint a resumed controller is about to use, and print a BrokenPipeError traceback on
-    the way out. On Linux the kernel delivers SIGKILL when the parent exits
-    (``prctl(PR_SET_PDEATHSIG)``); the parent is the fork server, which exits as soon as the
-    controller does (it watches a pipe the controller holds). Elsewhere a watchdog thread
-    polls the parent pid.
+    the way out. ``lifeline`` is the read end of a pipe whose write end only the controller
+    holds and never writes to: it reads as end-of-file exactly when the controller is gone.
+    (``PR_SET_PDEATHSIG`` would not do: a worker's parent is the fork server, which lives as
+    long as any worker holds its alive-pipe, and every worker does.)
     """
-    parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"prctl(PR_SET_PDEATHSIG) failed: {os.strerror(err)}")
-    else:  # pragma: no cover - exercised on macOS only
-        import threading
 
-        def watch() -> None:
-            while os.getppid() == parent:
-                time.sleep(1.0)
-            os._exit(1)
+    def watch() -> None:
+        with contextlib.suppress(OSError, EOFError):
+            lifeline.poll(None)
+        os._exit(1)  # no clean-up: the controller that wanted the result is gone
 
-        threading.Thread(target=watch, name="firepbt-parent-watchdog", daemon=True).start()
-    # The parent may have died before the death signal was armed: then nobody will send it.
-    if _pid_gone(controller_pid) or os.getppid() != parent:
-        os._exit(1)
-
-
-def _pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    threading.Thread(target=watch, name="firepbt-lifeline", daemon=True).start()
 
 
 def _worker_main(
-    conn: Connection, task_ref: str, threads: int, env: dict[str, str], controller_pid: int
+    conn: Connection, task_ref: str, threads: int, env: dict[str, str], lifeline: Connection
 ) -> None:
-    _die_with_parent(controller_pid)
+    _die_with_controller(lifeline)
     # A fork-server child inherits the server's environment, not the controller's current one:
     # take the controller's, as a spawned process would (fault injection and user settings
     # travel this way). Thread counts are set before any numerical library is imported.
@@ -116,34 +93,48 @@ def _worker_main(
             return
 
 
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # exists, owned by another user
+    return False
+
+
 def own_mp_temp_dir() -> None:
-    """Put multiprocessing's temp dir in a folder named after this pid; sweep dead ones' folders.
+    """Register this process's multiprocessing temp dir, and remove those of dead controllers.
 
     multiprocessing keeps the fork server's socket in a ``pymp-*`` temp dir that it removes at
-    exit, so a controller killed with SIGKILL leaked one per kill. Here that dir lives inside
-    ``<tmp>/firepbt-mp-<pid>-*``, and every start removes the folders whose pid is gone. A
-    process that already has its multiprocessing temp dir keeps it where it is.
+    exit, so a controller killed with SIGKILL leaked one per kill. A marker file
+    ``<tmp>/firepbt-mp-<pid>`` names that dir; every start removes the dirs named by the markers
+    of dead pids, then the markers. (The dir itself stays where multiprocessing puts it: a
+    deeper path could exceed the 107 bytes an AF_UNIX socket path may have.)
     """
     from multiprocessing import util
 
     base = Path(tempfile.gettempdir())
-    for entry in base.glob(f"{MP_TEMP_PREFIX}*"):
-        parts = entry.name[len(MP_TEMP_PREFIX):].split("-")
-        if parts[0].isdigit() and int(parts[0]) != os.getpid() and _pid_gone(int(parts[0])):
-            shutil.rmtree(entry, ignore_errors=True)
-    folder = tempfile.mkdtemp(prefix=f"{MP_TEMP_PREFIX}{os.getpid()}-")
-    saved = tempfile.tempdir
-    tempfile.tempdir = folder  # get_temp_dir() makes its pymp-* dir in gettempdir()
-    try:
-        made = Path(util.get_temp_dir())
-    finally:
-        tempfile.tempdir = saved
-    if made.parent != Path(folder):  # this process had its temp dir already: not ours to move
-        os.rmdir(folder)
+    for marker in base.glob(f"{MP_TEMP_PREFIX}*"):
+        pid = marker.name[len(MP_TEMP_PREFIX):]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _pid_gone(int(pid)):
+            continue
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            leaked = Path(marker.read_text(encoding="utf-8").strip())
+            # Only ever a pymp-* folder directly in the temp dir: a marker is no licence to
+            # delete anything else.
+            if leaked.parent == base and leaked.name.startswith("pymp-"):
+                shutil.rmtree(leaked, ignore_errors=True)
+        marker.unlink(missing_ok=True)
+    mine = Path(util.get_temp_dir())
+    marker = base / f"{MP_TEMP_PREFIX}{os.getpid()}"
+    if mine.parent != base or marker.exists():
         return
-    # multiprocessing removes its pymp-* dir at exit (priority -100); remove the folder after.
-    util.Finalize(None, shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True},
-                  exitpriority=-101)
+    tmp = base / f".{marker.name}.tmp"
+    tmp.write_text(str(mine), encoding="utf-8")
+    os.replace(tmp, marker)
+    # multiprocessing removes its dir at exit (priority -100); the marker goes after it.
+    util.Finalize(None, marker.unlink, kwargs={"missing_ok": True}, exitpriority=-101)
 
 
 #: Extra seconds a segment's timeout allows before its worker reports that it started (a fresh
@@ -189,16 +180,18 @@ class LocalExecutor(Executor):
         self._slots: list[_Slot] = []
         self._last_slot: dict[int, int] = {}
         self.restarts = 0
+        self._lifeline: tuple[Connection, Connection] | None = None
 
     @property
     def capacity(self) -> int:
         return self.workers
 
     def _spawn(self) -> _Slot:
+        assert self._lifeline is not None, "start() makes the lifeline first"
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(child, self.task_ref, self.threads, dict(os.environ), os.getpid()),
+            args=(child, self.task_ref, self.threads, dict(os.environ), self._lifeline[0]),
             daemon=True,
         )
         proc.start()
@@ -209,6 +202,10 @@ class LocalExecutor(Executor):
         if self._slots:
             return
         own_mp_temp_dir()
+        if self._lifeline is None:
+            # Workers get the read end; only this process holds the write end (see
+            # _die_with_controller). Never written to, closed in close().
+            self._lifeline = self._ctx.Pipe(duplex=False)
         if self._ctx.get_start_method() == "forkserver":
             self._warm_forkserver()
         self._slots = [self._spawn() for _ in range(self.workers)]
@@ -374,3 +371,7 @@ class LocalExecutor(Executor):
                 slot.process.join(timeout=2)
             slot.conn.close()
         self._slots = []
+        if self._lifeline is not None:
+            for end in self._lifeline:
+                end.close()
+            self._lifeline = None
