@@ -472,7 +472,7 @@ class CheckpointDir:
         for entry in sorted(self.root.iterdir()):
             if not entry.name.startswith(TMP_PREFIX):
                 continue
-            if _writer_alive(entry.name):
+            if writer_alive(entry.name):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -499,21 +499,34 @@ def default_root(store_file: str | Path) -> Path:
     return path.with_name(f"{path.name}.ckpt")
 
 
-def _writer_alive(tmp_name: str) -> bool:
+def writer_alive(tmp_name: str) -> bool:
     """Whether the pid in ``.tmp-<what>-<pid>-<rand>`` is a live process here."""
     parts = tmp_name.split("-")
     if len(parts) < 4 or not parts[-2].isdigit():
         return False
     pid = int(parts[-2])
-    if pid == os.getpid():
-        return True
+    return pid == os.getpid() or pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine and has not exited.
+
+    An exited process nobody has reaped yet (a zombie) counts as gone: it can write nothing
+    more. That matters right after a controller is killed: its workers exit, but their new
+    parent may reap them only later.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            # The field after the parenthesised command name is the state; Z or X: exited.
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): trust kill(0)
 
 
 def collectable(

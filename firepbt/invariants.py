@@ -45,8 +45,8 @@ from firepbt.checkpoints import (
     MANIFEST,
     TMP_PREFIX,
     CheckpointDir,
-    _writer_alive,
     default_root,
+    writer_alive,
 )
 from firepbt.errors import CheckpointError, ConfigError, StoreError
 from firepbt.space import Space
@@ -419,7 +419,7 @@ class _Checker:
             for entry in sorted(root.iterdir()):
                 name = entry.name
                 if name.startswith(TMP_PREFIX):
-                    if not _writer_alive(name):
+                    if not writer_alive(name):
                         self.fail(f"files: leaked temporary folder {entry} (a killed writer's; "
                                   "the next start removes it)")
                     continue

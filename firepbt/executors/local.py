@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from firepbt.checkpoints import CheckpointDir
+from firepbt.checkpoints import CheckpointDir, pid_alive
 from firepbt.errors import CheckpointError
 from firepbt.executors.base import Executor
 from firepbt.trainable import SegmentResult, SegmentSpec
@@ -93,16 +93,6 @@ def _worker_main(
             return
 
 
-def _pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False  # exists, owned by another user
-    return False
-
-
 def own_mp_temp_dir() -> None:
     """Register this process's multiprocessing temp dir, and remove those of dead controllers.
 
@@ -117,7 +107,7 @@ def own_mp_temp_dir() -> None:
     base = Path(tempfile.gettempdir())
     for marker in base.glob(f"{MP_TEMP_PREFIX}*"):
         pid = marker.name[len(MP_TEMP_PREFIX):]
-        if not pid.isdigit() or int(pid) == os.getpid() or not _pid_gone(int(pid)):
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
             continue
         with contextlib.suppress(OSError, UnicodeDecodeError):
             leaked = Path(marker.read_text(encoding="utf-8").strip())
@@ -361,9 +351,15 @@ class LocalExecutor(Executor):
         return total
 
     def close(self) -> None:
+        busy = [slot.spec for slot in self._slots if slot.spec is not None]
         for slot in self._slots:
-            with contextlib.suppress(OSError, BrokenPipeError):
-                slot.conn.send(("stop", None))
+            if slot.spec is not None:
+                # A segment still running when the controller stops (Ctrl-C, SIGTERM, an
+                # error) would finish and write a checkpoint nobody records: stop it now.
+                slot.process.kill()
+            else:
+                with contextlib.suppress(OSError, BrokenPipeError):
+                    slot.conn.send(("stop", None))
         for slot in self._slots:
             slot.process.join(timeout=2)
             if slot.process.is_alive():
@@ -371,6 +367,11 @@ class LocalExecutor(Executor):
                 slot.process.join(timeout=2)
             slot.conn.close()
         self._slots = []
+        for spec in busy:  # their writers are dead: remove what they left
+            with contextlib.suppress(CheckpointError, OSError):
+                folder = CheckpointDir(spec.checkpoint_root)
+                folder.delete(folder.path_for(spec.save_checkpoint))
+                folder.clean_orphans()
         if self._lifeline is not None:
             for end in self._lifeline:
                 end.close()
