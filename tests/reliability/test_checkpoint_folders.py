@@ -131,7 +131,10 @@ def test_killed_after_collecting_records_leaves_no_files_after_resume(tmp_path: 
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert_invariants(path, files=False)
     leaked = file_problems(path)
-    assert leaked and all("its record was collected" in p for p in leaked), leaked
+    # The second collection's files were never removed; the first one's background deleter may
+    # have been killed half-way through too (a .tmp-del-* folder of the dead controller).
+    assert any("its record was collected" in p for p in leaked), leaked
+    assert all("its record was collected" in p or ".tmp-del-" in p for p in leaked), leaked
     resume(str(path), executor="inprocess", workers=2)
     assert_invariants(path)  # files on disk == live records
     with open_store(str(path), create=False) as st:
