@@ -150,7 +150,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from firepbt.api import resume
     from firepbt.report import write_report
+    from firepbt.store import open_store
+    from firepbt.tasks.loader import BUILTIN
 
+    # Resuming runs code the store names (unlike status, report, export and check): say which.
+    with open_store(_existing(args.store), create=False) as st:
+        exp = st.experiment() or {}
+    alg = exp.get("algorithm") or {}
+    custom = [ex["custom"] for ex in (alg.get("explore"), (alg.get("pbt") or {}).get("explore"))
+              if isinstance(ex, dict) and ex.get("custom")]
+    task = str(exp.get("task"))
+    print(f"resume: imports code named in the store: task {BUILTIN.get(task, task)}"
+          + "".join(f", custom explore {c}" for c in custom), flush=True)
     with _Progress(not args.quiet) as progress:
         result = resume(_existing(args.store), task=args.task, workers=args.workers,
                         executor=args.executor, allow_changed_task=args.allow_changed_task,
