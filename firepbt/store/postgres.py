@@ -522,12 +522,12 @@ class PostgresStore(Store):
                 raise StoreError(f"{self.url}: the store is closed")
             tx = self._tx
             if tx is not None:
-                return self._in_tx(tx, op)  # type: ignore[no-any-return]
+                return self._in_tx(tx, op)
             if not write:
                 return self._read(op)
             with self.transaction():
                 assert self._tx is not None
-                return self._in_tx(self._tx, op)  # type: ignore[no-any-return]
+                return self._in_tx(self._tx, op)
 
     def _in_tx(self, tx: _Tx, op: Op) -> Any:
         if tx.failed is not None:
