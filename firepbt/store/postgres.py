@@ -239,15 +239,6 @@ def _unwrap(outcome: Outcome) -> Any:
     return value
 
 
-def _statement(sql: str, params: Sequence[Any]) -> Op:
-    """A call that only writes: inside a transaction it is queued, not waited for."""
-
-    def op(conn: Conn) -> None:
-        conn.execute(sql, params)
-
-    return op
-
-
 @dataclass
 class _Tx:
     """One ``transaction()``: what it needs to be replayed on a new connection."""
@@ -260,6 +251,10 @@ class _Tx:
     # need no round trip of their own.
     counters: dict[str, int] = field(default_factory=dict)
     event_seq: int = 0
+    # Writes that need no answer, bound client-side and not yet sent: they go to the server
+    # with the next statement that needs one (a read, a duplicate check, the COMMIT), so a
+    # transaction costs a few round trips, not one per write.
+    pending: list[str] = field(default_factory=list)
     deadline: float | None = None  # set at the first lost connection
     failed: BaseException | None = None  # a statement failed: the transaction can only roll back
 
@@ -301,7 +296,6 @@ class PostgresStore(Store):
         self._session = secrets.token_hex(8)
         self._mutex = threading.RLock()
         self._conn: Conn | None = None
-        self._pipeline: contextlib.ExitStack | None = None
         self._tx: _Tx | None = None
         self._closed = False
         # The marker token of this store's last acknowledged commit (None before the first).
@@ -309,6 +303,18 @@ class PostgresStore(Store):
         # The token of a COMMIT whose answer was lost, while a reconnect resolves it.
         self._pending_token: str | None = None
         self._sql = self._statements(self.schema)
+        # Each statement as a server-side prepared statement, and the EXECUTE that runs it:
+        # queued writes travel as text (simple protocol), and EXECUTE skips parsing and
+        # planning them again on every transaction.
+        self._execute = {
+            sql: f"EXECUTE fp_{name}({', '.join(['%s'] * sql.count('%s'))})"
+            if "%s" in sql else f"EXECUTE fp_{name}"
+            for name, sql in self._sql.items()
+        }
+        self._prepare_sql = "; ".join(
+            f"PREPARE fp_{name} AS {_numbered(sql)}" for name, sql in self._sql.items()
+        )
+        self._ready = False  # the schema exists: statements can be prepared on connecting
         self._setup(create)
 
     # -- connections ---------------------------------------------------------------------
@@ -337,12 +343,16 @@ class PostgresStore(Store):
                     "server crash with synchronous_commit=off?); stopping instead of carrying "
                     "on from older state: resume the run from the store"
                 )
+        if self._ready:
+            conn.execute(self._prepare_sql)
         self._conn = conn
+        # Binds parameters client-side (with the server's quoting rules), so that queued
+        # writes can travel in one simple-protocol message with other statements.
+        self._bind = psycopg.ClientCursor(conn).mogrify
         return conn
 
     def _drop(self) -> None:
         """Forget the current connection (the server rolls back whatever it had open)."""
-        self._pipeline = None  # its connection is gone; nothing to sync
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.close()
@@ -423,6 +433,8 @@ class PostgresStore(Store):
             ) from exc
         try:
             self._read(setup)
+            self._ready = True
+            self._read(lambda conn: conn.execute(self._prepare_sql))
         except BaseException:
             self._drop()
             raise
@@ -550,23 +562,50 @@ class PostgresStore(Store):
     def _begin(self, tx: _Tx) -> None:
         """Open the transaction on the current connection: one round trip."""
         conn = self._connection()
-        stack = contextlib.ExitStack()
-        stack.enter_context(conn.pipeline())
-        self._pipeline = stack
-        sql = self._sql
-        conn.execute("BEGIN")
-        conn.execute(sql["lock_xact"], (self._key,))
-        conn.execute(sql["set_marker"], (self._session, tx.token, time.time()))
-        lock = conn.execute(sql["lock_row"]) if tx.fence is not None else None
-        counters = conn.execute(sql["counters"])
-        seq = conn.execute(sql["event_seq"])
-        tx.counters = {name: int(value) for name, value in counters.fetchall()}
-        row = seq.fetchone()
-        tx.event_seq = int(row[0]) if row is not None else 0
-        if tx.fence is not None and lock is not None:
+        sql, bind = self._sql, self._bind
+        tx.pending = []
+        ex = self._execute
+        parts = ["BEGIN", bind(ex[sql["lock_xact"]], (self._key,)),
+                 bind(ex[sql["set_marker"]], (self._session, tx.token, time.time())),
+                 ex[sql["counters"]], ex[sql["event_seq"]]]
+        if tx.fence is not None:
+            parts.append(ex[sql["lock_row"]])
+        cur = conn.execute("; ".join(parts))
+        results = _result_sets(cur)  # lock_xact, counters, event_seq[, lock_row]
+        tx.counters = {name: int(value) for name, value in results[1]}
+        tx.event_seq = int(results[2][0][0])
+        if tx.fence is not None:
             # Under the advisory lock: a takeover (a write transaction too) waits for our
             # COMMIT, so this check holds until then.
-            check_fence(self._lock_of(lock.fetchone()), tx.fence)
+            check_fence(self._lock_of(results[3][0] if results[3] else None), tx.fence)
+
+    def _exec(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
+        """Run a statement whose answer is needed, after the transaction's queued writes."""
+        conn = self._connection()
+        tx = self._tx
+        if tx is None or not tx.pending:
+            return conn.execute(sql, params)
+        text = "; ".join([*tx.pending, self._bind(self._execute.get(sql, sql), params)])
+        tx.pending = []  # a failure aborts the transaction; a replay queues them again
+        cur = conn.execute(text)
+        while cur.nextset():  # the statement's own result is the last one
+            pass
+        return cur
+
+    def _defer(self, sql: str, params: Sequence[Any]) -> None:
+        """Queue a write of the open transaction (see ``_Tx.pending``)."""
+        tx = self._tx
+        assert tx is not None  # writes always run in a transaction
+        self._connection()
+        tx.pending.append(self._bind(self._execute[sql], params))
+
+    def _write_op(self, sql: str, params: Sequence[Any]) -> Op:
+        """A store call that only writes: queued, not waited for."""
+
+        def op(conn: Conn) -> None:
+            self._defer(sql, params)
+
+        return op
 
     def _recover(self, tx: _Tx, exc: BaseException, committing: bool = False) -> bool:
         """Reconnect and rebuild ``tx`` on the new connection; True if its COMMIT got through.
@@ -623,10 +662,8 @@ class PostgresStore(Store):
         while True:
             try:
                 conn = self._connection()
-                conn.execute("COMMIT")
-                assert self._pipeline is not None
-                self._pipeline.close()  # leaves pipeline mode: syncs, raises a COMMIT error
-                self._pipeline = None
+                conn.execute("; ".join([*tx.pending, "COMMIT"]))
+                tx.pending = []
                 break
             except psycopg.Error as exc:
                 if not _retryable(exc, self._conn):
@@ -639,14 +676,10 @@ class PostgresStore(Store):
 
     def _rollback(self) -> None:
         """Roll back the open transaction; a connection in doubt is dropped instead."""
-        conn, pipeline = self._conn, self._pipeline
-        self._pipeline = None
+        conn = self._conn
         if conn is None:
             return
         try:
-            if pipeline is not None:
-                with contextlib.suppress(psycopg.Error):
-                    pipeline.close()  # raises the error that aborted the transaction, if any
             conn.execute("ROLLBACK")
         except Exception:
             self._drop()  # closing the connection rolls back on the server
@@ -695,7 +728,7 @@ class PostgresStore(Store):
         sql = self._sql["add_experiment"]
 
         def op(conn: Conn) -> None:
-            if not conn.execute(sql, (text,)).fetchall():
+            if not self._exec(sql, (text,)).fetchall():
                 raise StoreError(
                     f"{self.url}: the store already holds an experiment; use a new store "
                     "(another experiment= name)"
@@ -705,16 +738,16 @@ class PostgresStore(Store):
 
     def experiment(self) -> dict[str, Any] | None:
         sql = self._sql["experiment"]
-        rows = self._call(lambda c: c.execute(sql).fetchall())
+        rows = self._call(lambda c: self._exec(sql).fetchall())
         return load_json(rows[0][0], frozen=False) if rows else None
 
     def put_state(self, key: str, value: Any) -> None:
         text, sql = dump_json(value, f"state {key!r}"), self._sql["put_state"]
-        self._call(_statement(sql, (key, text)), write=True)
+        self._call(self._write_op(sql, (key, text)), write=True)
 
     def get_state(self, key: str, default: Any = None) -> Any:
         sql = self._sql["get_state"]
-        rows = self._call(lambda c: c.execute(sql, (key,)).fetchall())
+        rows = self._call(lambda c: self._exec(sql, (key,)).fetchall())
         return load_json(rows[0][0], frozen=False) if rows else default
 
     # -- lock ----------------------------------------------------------------------------
@@ -729,22 +762,22 @@ class PostgresStore(Store):
         read, write = self._sql["lock_row"], self._sql["set_lock"]
 
         def op(conn: Conn) -> None:
-            check_lock(self._lock_of(conn.execute(read).fetchone()), holder, stale_after_s, now)
-            conn.execute(write, (holder.pid, holder.host, holder.since, holder.token, now))
+            check_lock(self._lock_of(self._exec(read).fetchone()), holder, stale_after_s, now)
+            self._defer(write, (holder.pid, holder.host, holder.since, holder.token, now))
 
         self._call(op, write=True)
 
     def refresh_lock(self, holder: LockHolder, now: float) -> None:
         sql = self._sql["refresh_lock"]
-        self._call(_statement(sql, (now, holder.token)), write=True)
+        self._call(self._write_op(sql, (now, holder.token)), write=True)
 
     def release_lock(self, holder: LockHolder) -> None:
         sql = self._sql["release_lock"]
-        self._call(_statement(sql, (holder.token,)), write=True)
+        self._call(self._write_op(sql, (holder.token,)), write=True)
 
     def lock_holder(self) -> tuple[LockHolder, float] | None:
         sql = self._sql["lock_row"]
-        return self._call(lambda c: self._lock_of(c.execute(sql).fetchone()))
+        return self._call(lambda c: self._lock_of(self._exec(sql).fetchone()))
 
     # -- ids -----------------------------------------------------------------------------
     def next_id(self, counter: str) -> int:
@@ -755,7 +788,7 @@ class PostgresStore(Store):
             assert tx is not None  # next_id always runs in a transaction (a write)
             value = tx.counters.get(counter, 0) + 1
             tx.counters[counter] = value
-            conn.execute(sql, (counter, value))
+            self._defer(sql, (counter, value))
             return value
 
         return int(self._call(op, write=True))
@@ -766,7 +799,7 @@ class PostgresStore(Store):
         where = " AND ".join(f"{k} = %s" for k in used)
         sql = f"{self._sql[name]}{' WHERE ' + where if where else ''} ORDER BY {order}"
         params = tuple(used.values())
-        rows = self._call(lambda c: c.execute(sql, params).fetchall())
+        rows = self._call(lambda c: self._exec(sql, params).fetchall())
         return [from_row(cls, row) for row in rows]
 
     def _one(self, name: str, cls: type[R], key: int, what: str) -> R:
@@ -777,7 +810,7 @@ class PostgresStore(Store):
 
     def put_worker(self, rec: WorkerRecord) -> None:
         sql, row = self._sql["put_worker"], to_row(rec)
-        self._call(_statement(sql, row), write=True)
+        self._call(self._write_op(sql, row), write=True)
 
     def workers(self) -> list[WorkerRecord]:
         return self._many("workers", WorkerRecord, "id")
@@ -789,7 +822,7 @@ class PostgresStore(Store):
         sql, row = self._sql["add_checkpoint"], to_row(rec)
 
         def op(conn: Conn) -> None:
-            if not conn.execute(sql, row).fetchall():
+            if not self._exec(sql, row).fetchall():
                 raise StoreError(
                     f"checkpoint {rec.id} already exists; checkpoints are append-only"
                 )
@@ -809,14 +842,14 @@ class PostgresStore(Store):
         sql = self._sql["delete_checkpoint"]
 
         def op(conn: Conn) -> None:
-            if not conn.execute(sql, (checkpoint_id,)).fetchall():
+            if not self._exec(sql, (checkpoint_id,)).fetchall():
                 raise KeyError(f"unknown checkpoint {checkpoint_id!r}")
 
         self._call(op, write=True)
 
     def put_segment(self, rec: SegmentRecord) -> None:
         sql, row = self._sql["put_segment"], to_row(rec)
-        self._call(_statement(sql, row), write=True)
+        self._call(self._write_op(sql, row), write=True)
 
     def segment(self, segment_id: int) -> SegmentRecord:
         return self._one("segments", SegmentRecord, segment_id, "segment")
@@ -828,9 +861,9 @@ class PostgresStore(Store):
         claim, exists = self._sql["claim"], self._sql["segment_exists"]
 
         def op(conn: Conn) -> bool:
-            if conn.execute(claim, (RUNNING, owner, segment_id, epoch, PENDING)).fetchall():
+            if self._exec(claim, (RUNNING, owner, segment_id, epoch, PENDING)).fetchall():
                 return True
-            if conn.execute(exists, (segment_id,)).fetchall():
+            if self._exec(exists, (segment_id,)).fetchall():
                 return False
             raise KeyError(f"unknown segment {segment_id!r}")
 
@@ -850,14 +883,14 @@ class PostgresStore(Store):
             # Under the experiment's write lock nobody can add a clashing row between this
             # check and the insert, so a refused batch leaves nothing behind without a
             # savepoint.
-            stored = {tuple(k) for k in conn.execute(clash_sql, arrays[:3]).fetchall()}
+            stored = {tuple(k) for k in self._exec(clash_sql, arrays[:3]).fetchall()}
             dup = first_duplicate(keys, stored.__contains__)
             if dup is not None:
                 raise StoreError(
                     f"metric row (worker, segment, step) = {dup} already exists; "
                     "metrics are append-only (nothing from this batch was added)"
                 )
-            conn.execute(insert_sql, arrays)
+            self._defer(insert_sql, arrays)
 
         self._call(op, write=True)
 
@@ -871,13 +904,29 @@ class PostgresStore(Store):
             tx = self._tx
             assert tx is not None  # add_event always runs in a transaction (a write)
             tx.event_seq += 1
-            conn.execute(sql, (tx.event_seq, *row))
+            self._defer(sql, (tx.event_seq, *row))
             return tx.event_seq
 
         return int(self._call(op, write=True))
 
     def events(self, kind: str | None = None, worker: int | None = None) -> list[EventRecord]:
         return self._many("events", EventRecord, "id", kind=kind, worker=worker)
+
+
+def _numbered(sql: str) -> str:
+    """``%s`` placeholders as ``$1, $2, ...`` (for PREPARE)."""
+    parts = sql.split("%s")
+    return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
+
+
+def _result_sets(cur: psycopg.Cursor[Any]) -> list[list[Any]]:
+    """The rows of every statement of a multi-statement execute that returned rows."""
+    sets = []
+    while True:
+        if cur.description is not None:
+            sets.append(cur.fetchall())
+        if not cur.nextset():
+            return sets
 
 
 def _number(value: Any, what: str) -> float:
