@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is not installed (the postgres extra)")
 
@@ -19,7 +21,14 @@ from firepbt.errors import (  # noqa: E402
     StoreCorrupt,
     StoreError,
 )
-from firepbt.store import FORMAT_VERSION, LockHolder, MetricRow, WorkerRecord, open_store  # noqa: E402
+from firepbt.store import (  # noqa: E402
+    FORMAT_VERSION,
+    CheckpointRecord,
+    LockHolder,
+    MetricRow,
+    WorkerRecord,
+    open_store,
+)
 from firepbt.store.conformance import check_concurrent_writers  # noqa: E402
 from firepbt.store.pgserver import TempPostgres, missing_reason  # noqa: E402
 from firepbt.store.postgres import PostgresStore, drop_experiment, parse_url  # noqa: E402
@@ -127,6 +136,48 @@ def test_newer_format_version_is_refused(postgres_url: str) -> None:
         raw.execute(f"UPDATE {schema}.meta SET value = %s", (str(FORMAT_VERSION + 1),))
     with pytest.raises(FormatVersionError, match=f"version {FORMAT_VERSION + 1} is newer"):
         open_store(postgres_url)
+
+
+# -- values travel as client-bound literals: quoting must be exact ------------------------------
+
+# Text with what SQL quoting must get right: quotes, backslashes, %, ;, comments, non-ASCII.
+# No NUL: PostgreSQL text cannot hold one (the store then raises StoreError).
+_text = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+                max_size=12) | st.sampled_from(["'", "''", "\\", "\\'", "%s", "%(x)s", "; --",
+                                                "$1", "E'\\n'", "ü€😀"])
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False)
+    | _text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@pytest.fixture(scope="module")
+def json_store(postgres_server: TempPostgres) -> Iterator[PostgresStore]:
+    with PostgresStore(f"{postgres_server.url}?experiment=quoting") as store:
+        yield store
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=_json, path=_text, step=st.integers(0, 2**62))
+def test_values_round_trip_exactly(json_store: PostgresStore, value: object, path: str,
+                                   step: int) -> None:
+    store = json_store
+    cid = store.next_id("c")
+    rec = CheckpointRecord(id=cid, worker=1, step=step, path=path, checksum=path,
+                           hparams={"v": value}, parent=None, created=float(step))
+    store.put_state("v", value)  # outside a transaction: queued, sent with the COMMIT
+    with store.transaction():  # inside one: queued, sent with the next read
+        store.add_checkpoint(rec)
+        assert store.get_state("v") == value
+    assert store.checkpoint(cid) == rec
+
+
+def test_text_with_a_nul_is_refused_naming_the_rule(postgres_url: str) -> None:
+    with open_store(postgres_url) as store, pytest.raises(StoreError, match="0x00"):
+        store.add_checkpoint(CheckpointRecord(1, 1, 0, "a\x00b", "x", {}, None, 0.0))
 
 
 # -- reconnecting --------------------------------------------------------------------------------
