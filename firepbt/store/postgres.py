@@ -131,6 +131,7 @@ CREATE INDEX segments_by_worker ON {s}.segments (worker, id);
 CREATE TABLE {s}.metrics (
     worker BIGINT NOT NULL, segment BIGINT NOT NULL, step BIGINT NOT NULL,
     value DOUBLE PRECISION, time DOUBLE PRECISION NOT NULL, PRIMARY KEY (worker, segment, step));
+CREATE INDEX metrics_by_segment ON {s}.metrics (segment);
 CREATE TABLE {s}.events (
     id BIGINT PRIMARY KEY, kind TEXT NOT NULL, worker BIGINT NOT NULL, step BIGINT NOT NULL,
     time DOUBLE PRECISION NOT NULL, donor BIGINT, donor_checkpoint BIGINT, old_hparams TEXT,
@@ -251,6 +252,14 @@ class _Tx:
     # need no round trip of their own.
     counters: dict[str, int] = field(default_factory=dict)
     event_seq: int = 0
+    # The largest checkpoint id, and the largest segment id with metrics, as of the start, and
+    # what this transaction added since: a key above the maximum that is not among the added
+    # ones cannot exist (nobody else writes meanwhile), so adding it needs no duplicate check
+    # on the server. Segments usually complete in id order, so that is the common case.
+    max_checkpoint: int = 0
+    max_metric_segment: int = 0
+    new_checkpoints: set[int] = field(default_factory=set)
+    new_metrics: set[tuple[int, int, int]] = field(default_factory=set)
     # Writes that need no answer, bound client-side and not yet sent: they go to the server
     # with the next statement that needs one (a read, a duplicate check, the COMMIT), so a
     # transaction costs a few round trips, not one per write.
@@ -486,6 +495,10 @@ class PostgresStore(Store):
             "drop_marker": f"DELETE FROM {s}.sessions WHERE session = %s",
             "counters": f"SELECT name, value FROM {s}.counters",
             "event_seq": f"SELECT coalesce(max(id), 0) FROM {s}.events",
+            "maxima": (f"SELECT (SELECT coalesce(max(id), 0) FROM {s}.checkpoints), "
+                       f"(SELECT coalesce(max(segment), 0) FROM {s}.metrics)"),
+            "insert_checkpoint": (f"INSERT INTO {s}.checkpoints ({', '.join(ckpt_cols)}) "
+                                  f"VALUES ({', '.join(['%s'] * len(ckpt_cols))})"),
             "set_counter": (f"INSERT INTO {s}.counters (name, value) VALUES (%s, %s) "
                             "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"),
             "add_experiment": (f"INSERT INTO {s}.experiment (id, config) VALUES (1, %s) "
@@ -567,17 +580,19 @@ class PostgresStore(Store):
         ex = self._execute
         parts = ["BEGIN", bind(ex[sql["lock_xact"]], (self._key,)),
                  bind(ex[sql["set_marker"]], (self._session, tx.token, time.time())),
-                 ex[sql["counters"]], ex[sql["event_seq"]]]
+                 ex[sql["counters"]], ex[sql["event_seq"]], ex[sql["maxima"]]]
         if tx.fence is not None:
             parts.append(ex[sql["lock_row"]])
         cur = conn.execute("; ".join(parts))
-        results = _result_sets(cur)  # lock_xact, counters, event_seq[, lock_row]
+        results = _result_sets(cur)  # lock_xact, counters, event_seq, maxima[, lock_row]
         tx.counters = {name: int(value) for name, value in results[1]}
         tx.event_seq = int(results[2][0][0])
+        tx.max_checkpoint, tx.max_metric_segment = (int(v) for v in results[3][0])
+        tx.new_checkpoints, tx.new_metrics = set(), set()
         if tx.fence is not None:
             # Under the advisory lock: a takeover (a write transaction too) waits for our
             # COMMIT, so this check holds until then.
-            check_fence(self._lock_of(results[3][0] if results[3] else None), tx.fence)
+            check_fence(self._lock_of(results[4][0] if results[4] else None), tx.fence)
 
     def _exec(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
         """Run a statement whose answer is needed, after the transaction's queued writes."""
@@ -819,13 +834,23 @@ class PostgresStore(Store):
         return self._one("workers", WorkerRecord, worker_id, "worker")
 
     def add_checkpoint(self, rec: CheckpointRecord) -> None:
-        sql, row = self._sql["add_checkpoint"], to_row(rec)
+        sql, insert, row = self._sql["add_checkpoint"], self._sql["insert_checkpoint"], to_row(rec)
 
         def op(conn: Conn) -> None:
-            if not self._exec(sql, row).fetchall():
+            tx = self._tx
+            assert tx is not None  # a write: always in a transaction
+            if rec.id in tx.new_checkpoints:
+                exists = True
+            elif isinstance(rec.id, int) and rec.id > tx.max_checkpoint:
+                exists = False  # known absent (see _Tx): queued, no round trip
+                self._defer(insert, row)
+            else:
+                exists = not self._exec(sql, row).fetchall()
+            if exists:
                 raise StoreError(
                     f"checkpoint {rec.id} already exists; checkpoints are append-only"
                 )
+            tx.new_checkpoints.add(rec.id)
 
         self._call(op, write=True)
 
@@ -883,7 +908,13 @@ class PostgresStore(Store):
             # Under the experiment's write lock nobody can add a clashing row between this
             # check and the insert, so a refused batch leaves nothing behind without a
             # savepoint.
-            stored = {tuple(k) for k in self._exec(clash_sql, arrays[:3]).fetchall()}
+            tx = self._tx
+            assert tx is not None  # a write: always in a transaction
+            if all(isinstance(k[1], int) and k[1] > tx.max_metric_segment for k in keys):
+                stored = tx.new_metrics  # known absent unless added by this transaction
+            else:
+                found = self._exec(clash_sql, arrays[:3]).fetchall()
+                stored = tx.new_metrics | {(int(w), int(g), int(t)) for w, g, t in found}
             dup = first_duplicate(keys, stored.__contains__)
             if dup is not None:
                 raise StoreError(
@@ -891,6 +922,7 @@ class PostgresStore(Store):
                     "metrics are append-only (nothing from this batch was added)"
                 )
             self._defer(insert_sql, arrays)
+            tx.new_metrics.update(keys)
 
         self._call(op, write=True)
 

@@ -180,6 +180,33 @@ def test_text_with_a_nul_is_refused_naming_the_rule(postgres_url: str) -> None:
         store.add_checkpoint(CheckpointRecord(1, 1, 0, "a\x00b", "x", {}, None, 0.0))
 
 
+def test_duplicate_checks_hold_on_both_paths(postgres_url: str) -> None:
+    """Keys above the maxima read at BEGIN skip the server-side check; the rest do not."""
+
+    def ckpt(i: int) -> CheckpointRecord:
+        return CheckpointRecord(i, 1, i, f"c{i}", "x", {}, None, 0.0)
+
+    with open_store(postgres_url) as store:
+        store.add_checkpoint(ckpt(10))
+        store.add_metrics([MetricRow(1, 10, 1, 1.0, 0.0)])
+        with store.transaction():
+            store.add_checkpoint(ckpt(12))  # above the maximum: queued
+            with pytest.raises(StoreError, match="checkpoint 12 already exists"):
+                store.add_checkpoint(ckpt(12))  # added by this very transaction
+            with pytest.raises(StoreError, match="checkpoint 10 already exists"):
+                store.add_checkpoint(ckpt(10))  # at the maximum: checked on the server
+            store.add_checkpoint(ckpt(3))  # below it, absent: checked, then added
+            store.add_metrics([MetricRow(1, 11, 1, 1.0, 0.0), MetricRow(1, 11, 2, 1.0, 0.0)])
+            with pytest.raises(StoreError, match=r"\(1, 11, 2\) already exists"):
+                store.add_metrics([MetricRow(1, 11, 3, 1.0, 0.0), MetricRow(1, 11, 2, 1.0, 0.0)])
+            with pytest.raises(StoreError, match=r"\(1, 10, 1\) already exists"):
+                store.add_metrics([MetricRow(1, 10, 1, 1.0, 0.0)])
+            store.add_metrics([MetricRow(2, 10, 1, 1.0, 0.0)])  # below, absent: added
+        assert [c.id for c in store.checkpoints()] == [3, 10, 12]
+        assert [(m.worker, m.segment, m.step) for m in store.metrics()] == [
+            (1, 10, 1), (1, 11, 1), (1, 11, 2), (2, 10, 1)]
+
+
 # -- reconnecting --------------------------------------------------------------------------------
 
 
