@@ -495,8 +495,14 @@ class PostgresStore(Store):
             "drop_marker": f"DELETE FROM {s}.sessions WHERE session = %s",
             "counters": f"SELECT name, value FROM {s}.counters",
             "event_seq": f"SELECT coalesce(max(id), 0) FROM {s}.events",
-            "maxima": (f"SELECT (SELECT coalesce(max(id), 0) FROM {s}.checkpoints), "
-                       f"(SELECT coalesce(max(segment), 0) FROM {s}.metrics)"),
+            # What a transaction needs at its start, in one statement (after the advisory lock,
+            # in a statement of its own: a statement's snapshot is taken when it starts).
+            "tx_state": (f"SELECT (SELECT json_object_agg(name, value) FROM {s}.counters), "
+                         f"(SELECT coalesce(max(id), 0) FROM {s}.events), "
+                         f"(SELECT coalesce(max(id), 0) FROM {s}.checkpoints), "
+                         f"(SELECT coalesce(max(segment), 0) FROM {s}.metrics), "
+                         "l.pid, l.host, l.since, l.token, l.heartbeat "
+                         f"FROM (SELECT 1) AS one LEFT JOIN {s}.lock AS l ON true"),
             "insert_checkpoint": (f"INSERT INTO {s}.checkpoints ({', '.join(ckpt_cols)}) "
                                   f"VALUES ({', '.join(['%s'] * len(ckpt_cols))})"),
             "set_counter": (f"INSERT INTO {s}.counters (name, value) VALUES (%s, %s) "
@@ -580,19 +586,19 @@ class PostgresStore(Store):
         ex = self._execute
         parts = ["BEGIN", bind(ex[sql["lock_xact"]], (self._key,)),
                  bind(ex[sql["set_marker"]], (self._session, tx.token, time.time())),
-                 ex[sql["counters"]], ex[sql["event_seq"]], ex[sql["maxima"]]]
-        if tx.fence is not None:
-            parts.append(ex[sql["lock_row"]])
+                 ex[sql["tx_state"]]]
         cur = conn.execute("; ".join(parts))
-        results = _result_sets(cur)  # lock_xact, counters, event_seq, maxima[, lock_row]
-        tx.counters = {name: int(value) for name, value in results[1]}
-        tx.event_seq = int(results[2][0][0])
-        tx.max_checkpoint, tx.max_metric_segment = (int(v) for v in results[3][0])
+        for _ in range(3):  # to the last result: BEGIN, the lock, the marker, the state
+            cur.nextset()
+        row = cur.fetchone()
+        assert row is not None
+        counters, tx.event_seq, tx.max_checkpoint, tx.max_metric_segment, *lock = row
+        tx.counters = {name: int(value) for name, value in (counters or {}).items()}
         tx.new_checkpoints, tx.new_metrics = set(), set()
         if tx.fence is not None:
             # Under the advisory lock: a takeover (a write transaction too) waits for our
             # COMMIT, so this check holds until then.
-            check_fence(self._lock_of(results[4][0] if results[4] else None), tx.fence)
+            check_fence(self._lock_of(lock if lock[3] is not None else None), tx.fence)
 
     def _exec(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
         """Run a statement whose answer is needed, after the transaction's queued writes."""
@@ -949,16 +955,6 @@ def _numbered(sql: str) -> str:
     """``%s`` placeholders as ``$1, $2, ...`` (for PREPARE)."""
     parts = sql.split("%s")
     return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
-
-
-def _result_sets(cur: psycopg.Cursor[Any]) -> list[list[Any]]:
-    """The rows of every statement of a multi-statement execute that returned rows."""
-    sets = []
-    while True:
-        if cur.description is not None:
-            sets.append(cur.fetchall())
-        if not cur.nextset():
-            return sets
 
 
 def _number(value: Any, what: str) -> float:
