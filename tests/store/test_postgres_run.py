@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,3 +81,30 @@ def test_a_killed_run_resumed_on_postgres_leaves_no_checkpoint_files(
     killed_then_resumed: str,
 ) -> None:
     assert check_store(killed_then_resumed, files=True) == []
+
+
+def test_controller_bench_measures_a_postgres_store_and_drops_its_experiments(
+    postgres_server: object,
+) -> None:
+    from firepbt.bench.controller import measure
+
+    url = postgres_server.url  # type: ignore[attr-defined]
+    row = measure(PBT(population=20), intervals=3, store_kind=url)
+    assert row["store"] == "postgres" and row["decisions"] >= 60 and row["exploits"] > 0
+    with psycopg_connect(url) as raw:
+        left = raw.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE "
+                           "'firepbt_bench%%'").fetchall()
+    assert left == []
+
+
+def test_bench_store_option_is_for_the_controller_bench_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli(["bench", "overhead", "--store", "postgresql://h/db"]) != 0
+    assert "--store 'postgresql://h/db': only the controller bench" in capsys.readouterr().err
+
+
+def psycopg_connect(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True)
