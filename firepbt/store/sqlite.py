@@ -551,6 +551,10 @@ class SQLiteStore(Store):
         for chunk in iter_chunks(ids, 500):
             q = sql.format(", ".join("?" * len(chunk)))
             params = (COMPLETED, *chunk)
-            for cid, value in self._call(lambda c, q=q, p=params: c.execute(q, p).fetchall()):
+
+            def read(c: sqlite3.Connection, q: str = q, p: tuple[Any, ...] = params) -> list[Any]:
+                return c.execute(q, p).fetchall()
+
+            for cid, value in self._call(read):
                 out[int(cid)] = None if value is None else float(value)
         return out

@@ -1,0 +1,204 @@
+"""``firepbt dashboard``: a local web app over one or more stores (Starlette + uvicorn).
+
+The server only reads: stores are opened with ``create=False`` and only their read methods are
+called, and no user code is imported (the task and any custom explore function stay names).
+The page polls ``/api/runs/{i}/overview`` (indexed queries, fast) every few seconds and fetches
+the full views ``/api/runs/{i}`` only when the overview's version changed, so a live run's new
+points appear without a reload.
+
+Needs the ``dashboard`` extra: ``pip install 'firepbt[dashboard]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from firepbt.dashboard.data import overview, run_payload
+from firepbt.dashboard.page import PLOTLY, STATIC_FILES, live_page, static_text
+from firepbt.errors import ConfigError, FirePBTError
+from firepbt.store import open_store
+from firepbt.store.base import Store
+
+_TYPES = {".js": "text/javascript", ".css": "text/css", ".txt": "text/plain"}
+
+
+def _require() -> None:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise FirePBTError(
+            f"the dashboard needs the 'dashboard' extra ({exc.name} is missing): "
+            "pip install 'firepbt[dashboard]'"
+        ) from None
+
+
+class _Run:
+    """One store, opened read-only, with its last full payload cached by version."""
+
+    def __init__(self, label: str, url: str) -> None:
+        self.label = label
+        self.url = url
+        self.store: Store = open_store(url, create=False)
+        if self.store.experiment() is None:
+            self.store.close()
+            raise ConfigError(f"store {url!r}: holds no experiment to show")
+        self._lock = threading.Lock()
+        self._cached: tuple[str, dict[str, Any]] | None = None
+
+    def overview(self) -> dict[str, Any]:
+        return overview(self.store, self.label)
+
+    def payload(self) -> dict[str, Any]:
+        # Building the views reads the whole store; several clients polling the same run
+        # share one build per version.
+        with self._lock:
+            version = overview(self.store, self.label)["version"]
+            if self._cached is None or self._cached[0] != version:
+                data = run_payload(self.store, self.label)
+                self._cached = (data["version"], data)
+            return self._cached[1]
+
+
+def labels_for(stores: Sequence[str]) -> list[str]:
+    """Short unique labels: the file stems, or the whole path where stems clash."""
+    stems = [Path(s.removeprefix("sqlite:///")).stem for s in stores]
+    return [stem if stems.count(stem) == 1 else s for stem, s in zip(stems, stores, strict=True)]
+
+
+def create_app(stores: Sequence[str], poll_s: float = 2.0, title: str = "firepbt dashboard"
+               ) -> Any:
+    """The Starlette app serving the views of ``stores`` (paths or store URLs).
+
+    Raises:
+        ConfigError: no store, ``poll_s`` not positive, or a store holds no experiment.
+        StoreError: a store does not exist or cannot be opened.
+    """
+    _require()
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, Response
+    from starlette.routing import Route
+
+    if not stores:
+        raise ConfigError("stores=[]: name at least one store to show")
+    if not poll_s > 0:
+        raise ConfigError(f"poll_s={poll_s!r}: must be > 0")
+    runs: list[_Run] = []
+    try:
+        for label, url in zip(labels_for(stores), stores, strict=True):
+            runs.append(_Run(label, url))
+    except Exception:
+        for r in runs:
+            r.store.close()
+        raise
+    page = live_page(title, int(poll_s * 1000))
+
+    def run_of(request: Request) -> _Run | None:
+        i = int(request.path_params["i"])
+        return runs[i] if 0 <= i < len(runs) else None
+
+    def index(request: Request) -> Response:
+        return HTMLResponse(page)
+
+    def run_list(request: Request) -> Response:
+        return JSONResponse([{"label": r.label, "url": r.store.url} for r in runs])
+
+    def run_full(request: Request) -> Response:
+        r = run_of(request)
+        if r is None:
+            return JSONResponse({"error": "no such run"}, status_code=404)
+        return JSONResponse(r.payload())
+
+    def run_overview(request: Request) -> Response:
+        r = run_of(request)
+        if r is None:
+            return JSONResponse({"error": "no such run"}, status_code=404)
+        return JSONResponse(r.overview())
+
+    def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC_FILES:
+            return Response("not found", status_code=404)
+        # The vendored files never change while the server runs.
+        return Response(static_text(name), media_type=_TYPES[Path(name).suffix],
+                        headers={"Cache-Control": "max-age=3600"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        yield
+        for r in runs:
+            r.store.close()
+
+    app = Starlette(routes=[
+        Route("/", index),
+        Route("/api/runs", run_list),
+        Route("/api/runs/{i:int}", run_full),
+        Route("/api/runs/{i:int}/overview", run_overview),
+        Route("/static/{name}", static),
+    ], lifespan=lifespan)
+    app.state.runs = runs
+    assert PLOTLY in STATIC_FILES
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve ``app`` until Ctrl-C (blocking)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+class BackgroundServer:
+    """Serve an app from a thread on a free loopback port (tests, benchmarks)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
+        import uvicorn
+
+        if not is_loopback(host):
+            raise ConfigError(f"host={host!r}: a background server binds loopback only")
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, 0))
+        self.url = f"http://{host}:{self._sock.getsockname()[1]}/"
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run,
+                                        kwargs={"sockets": [self._sock]}, daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the dashboard server did not start within 20 s")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+
+def warn_if_exposed(host: str, port: int, say: Callable[[str], None]) -> None:
+    if not is_loopback(host):
+        say(f"warning: --host {host} exposes the dashboard on {host}:{port} to anyone who can "
+            "reach this machine: it has no authentication and shows your runs' settings, "
+            "hyperparameters and tracebacks. Use the default 127.0.0.1 (and an SSH tunnel) "
+            "unless that is what you want.")
