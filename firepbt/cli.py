@@ -208,6 +208,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from firepbt.dashboard.server import create_app, serve, warn_if_exposed
+
+    app = create_app([_existing(s) for s in args.stores], poll_s=args.poll)
+    host = args.host or "127.0.0.1"
+    warn_if_exposed(host, args.port, lambda m: print(f"firepbt: {m}", file=sys.stderr))
+    shown = f"[{host}]" if ":" in host else host
+    print(f"firepbt dashboard: http://{shown}:{args.port}/ ({len(args.stores)} run(s), "
+          "read-only; Ctrl-C stops)", flush=True)
+    serve(app, host=host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="firepbt", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="log warnings and details")
@@ -277,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--quick", action="store_true", help="a smaller run (for tests)")
     d.set_defaults(fn=cmd_demo)
+
+    db = sub.add_parser("dashboard", help="a live web view of one or more runs (read-only)")
+    db.add_argument("stores", nargs="+", metavar="STORE", help="store files or URLs")
+    db.add_argument("--port", type=int, default=8000)
+    db.add_argument("--host", help="address to bind (default 127.0.0.1; another one exposes "
+                    "the dashboard to the network, with a warning)")
+    db.add_argument("--poll", type=float, default=2.0, help="seconds between page refreshes")
+    db.set_defaults(fn=cmd_dashboard)
     return p
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -27,12 +28,12 @@ def static_text(name: str) -> str:
 
 
 def _fill(title: str, subtitle: str, head: str, body: str) -> str:
-    # str.replace, not str.format: the scripts are full of braces.
-    page = static_text("page.html")
-    for key, value in (("{title}", html.escape(title)), ("{subtitle}", html.escape(subtitle)),
-                       ("{head}", head), ("{body}", body)):
-        page = page.replace(key, value)
-    return page
+    # One pass with a function, not str.format (the scripts are full of braces) and not
+    # chained replaces (a task named "{body}" must stay text).
+    parts = {"title": html.escape(title), "subtitle": html.escape(subtitle), "head": head,
+             "body": body}
+    return re.sub(r"\{(title|subtitle|head|body)\}", lambda m: parts[m.group(1)],
+                  static_text("page.html"))
 
 
 def _script(text: str) -> str:
