@@ -130,7 +130,8 @@ const FP = (() => {
   }
   function showTip(ev, lines) {
     const tip = tooltip();
-    tip.replaceChildren(...lines.map((l, i) => el(i === 0 ? "b" : "div", { text: l })));
+    tip.replaceChildren(...lines.filter((l) => l).map((l, i) => el(i === 0 ? "b" : "div",
+      { text: l })));
     tip.style.display = "block";
     const e = ev.event || {};
     tip.style.left = `${(e.pageX || 0) + 14}px`;
@@ -240,18 +241,22 @@ const FP = (() => {
         p.removeAllListeners && p.removeAllListeners("plotly_hover");
         p.on("plotly_hover", (ev) => {
           const pt = ev.points[0];
+          const shown = canNegate && state.logY[key] ? -pt.y : pt.y;
           if (pt.customdata === null || pt.customdata === undefined) {
-            showTip(ev, [`best lineage (worker ${run.best})`, `step ${pt.x}`,
-              `${run.metric.name} ${fmt(pt.y)}`]);
+            // The best lineage: its hyperparameters at this step come from its schedule.
+            const piece = (run.schedules[String(run.best)] || []).find(
+              ([s, e]) => s < pt.x && pt.x <= e);
+            showTip(ev, [`worker ${run.best} (best lineage)`, `step ${pt.x}`,
+              `${run.metric.name} ${fmt(shown)}`,
+              piece ? `trained by worker ${piece[3]}` : "",
+              piece ? hpText(run.hparams[piece[2]]) : ""]);
             return;
           }
           const seg = ix.seg.get(pt.customdata);
           const w = ix.worker.get(seg.worker);
-          const value = run.points[String(seg.id)];
           showTip(ev, [`worker ${w.id} (P${w.subpop})`, `step ${pt.x}`,
-            `${run.metric.name} ${fmt(canNegate && state.logY[key] ? -pt.y : pt.y)}`,
-            `segment ${seg.id}: steps ${seg.start}-${seg.end}`,
-            hpText(run.hparams[seg.hp]), value ? "" : ""]);
+            `${run.metric.name} ${fmt(shown)}`, `segment ${seg.id}: steps ${seg.start}-${seg.end}`,
+            hpText(run.hparams[seg.hp])]);
         });
         p.on("plotly_unhover", hideTip);
       });
