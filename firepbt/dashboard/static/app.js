@@ -13,6 +13,7 @@ const FP = (() => {
   const PER_MEMBER_TRACES = 60; // above this, one trace per sub-population (fast to draw)
   const CONFIG = { displaylogo: false, responsive: true, scrollZoom: true };
   const state = { runs: [], live: null, logY: {}, fireHistory: {} };
+  const timings = {}; // milliseconds each view took to draw, by section id
 
   // ---- small DOM helpers --------------------------------------------------------------------
   function el(tag, attrs, ...kids) {
@@ -99,11 +100,13 @@ const FP = (() => {
 
   // ---- payload indexes ------------------------------------------------------------------------
   function index(run) {
-    const ix = { seg: new Map(), segOfCkpt: new Map(), worker: new Map() };
+    const ix = { seg: new Map(), segsOf: new Map(), segOfCkpt: new Map(), worker: new Map() };
     for (const s of run.segments || []) {
       const rec = { id: s[0], worker: s[1], start: s[2], end: s[3], hp: s[4], from: s[5],
         to: s[6], status: s[7], attempts: s[8] };
       ix.seg.set(rec.id, rec);
+      if (!ix.segsOf.has(rec.worker)) ix.segsOf.set(rec.worker, []);
+      ix.segsOf.get(rec.worker).push(rec);
       if (rec.status === "completed" && rec.to !== null) ix.segOfCkpt.set(rec.to, rec);
     }
     for (const w of run.workers) ix.worker.set(w.id, w);
@@ -169,21 +172,25 @@ const FP = (() => {
     const perMember = run.workers.length <= PER_MEMBER_TRACES;
     const groups = new Map();
     const sign = negate ? -1 : 1;
-    for (const seg of ix.seg.values()) {
-      const w = ix.worker.get(seg.worker);
-      if (!w || w.role !== "member" || w.subpop !== sub) continue;
-      const pts = run.points[String(seg.id)];
-      if (!pts) continue;
+    // One polyline per member, its segments in order: after an exploit or a transfer the line
+    // drops (or climbs) at that step to the donor's value, where its new weights came from.
+    // No gap between segments: every gap would be a separate SVG path, and 80,000 of them
+    // took seconds to draw.
+    for (const w of members) {
       const key = perMember ? w.id : sub;
       if (!groups.has(key)) groups.set(key, { x: [], y: [], c: [] });
       const g = groups.get(key);
-      const join = seg.from !== null ? lastPoint(run, ix, seg.from) : null;
-      if (join) { g.x.push(join[0]); g.y.push(sign * join[1]); g.c.push(seg.id); }
-      for (let i = 0; i < pts[0].length; i++) {
-        g.x.push(pts[0][i]); g.y.push(pts[1][i] === null ? null : sign * pts[1][i]);
-        g.c.push(seg.id);
+      if (g.x.length) { g.x.push(null); g.y.push(null); g.c.push(null); } // next member
+      for (const seg of ix.segsOf.get(w.id) || []) {
+        const pts = run.points[String(seg.id)];
+        if (!pts) continue;
+        const join = seg.from !== null ? lastPoint(run, ix, seg.from) : null;
+        if (join) { g.x.push(join[0]); g.y.push(sign * join[1]); g.c.push(seg.id); }
+        for (let i = 0; i < pts[0].length; i++) {
+          g.x.push(pts[0][i]); g.y.push(pts[1][i] === null ? null : sign * pts[1][i]);
+          g.c.push(seg.id);
+        }
       }
-      g.x.push(null); g.y.push(null); g.c.push(null);
     }
     const traces = [];
     for (const [key, g] of groups) {
@@ -543,7 +550,12 @@ const FP = (() => {
     const page = el("div", { class: "run", id: `run-${ri}`, "data-version": run.version },
       el("p", { class: "note", text: `Store ${run.url} · task ${run.task} · ${run.algorithm} · ` +
         `metric: ${metricName(run)}` }), ...parts);
-    page.drawAll = () => parts.forEach((p) => p.draw && p.draw());
+    page.drawAll = () => parts.forEach((p) => {
+      if (!p.draw) return;
+      const t = performance.now();
+      p.draw();
+      timings[p.id] = Math.round(performance.now() - t); // read by the benchmark
+    });
     return page;
   }
 
@@ -638,5 +650,5 @@ const FP = (() => {
     setTimeout(poll, every);
   }
 
-  return { offline, live, fmt };
+  return { offline, live, fmt, timings };
 })();
