@@ -16,6 +16,7 @@ Curves are decimated (never members) so a big run still opens in a browser in se
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections import Counter, defaultdict
@@ -317,12 +318,13 @@ def views(run: RunData) -> dict[str, Any]:
     hp_table: list[dict[str, Any]] = []
 
     def hp_id(hp: Mapping[str, Any]) -> int:
-        flat = flatten(hp)
-        key = repr(sorted(flat.items(), key=lambda kv: kv[0]))
-        if key not in hp_index:
-            hp_index[key] = len(hp_table)
-            hp_table.append(flat)
-        return hp_index[key]
+        # Keyed by the JSON text (keeps 1 and True apart); flattened only once per setting.
+        key = json.dumps(hp, sort_keys=True, default=str)
+        found = hp_index.get(key)
+        if found is None:
+            found = hp_index[key] = len(hp_table)
+            hp_table.append(flatten(hp))
+        return found
 
     # Segments and their points (decimated evenly when the run is big).
     total_points = sum(len(p) for p in run.seg_points.values())

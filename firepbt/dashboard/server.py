@@ -52,6 +52,8 @@ class _Run:
             raise ConfigError(f"store {url!r}: holds no experiment to show")
         self._lock = threading.Lock()
         self._cached: tuple[str, dict[str, Any]] | None = None
+        self._built_at = 0.0
+        self._build_s = 0.0
 
     def overview(self) -> dict[str, Any]:
         return overview(self.store, self.label)
@@ -59,11 +61,18 @@ class _Run:
     def payload(self) -> dict[str, Any]:
         # Building the views reads the whole store; several clients polling the same run
         # share one build per version.
+        # A big live run changes its version every moment, and its views take seconds to
+        # build (2,000 members: about 10 s): rebuild at most once per 5 build times, so the
+        # server spends at most a sixth of its time on one run's views.
         with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._built_at < 5 * self._build_s:
+                return self._cached[1]
             version = overview(self.store, self.label)["version"]
             if self._cached is None or self._cached[0] != version:
                 data = run_payload(self.store, self.label)
                 self._cached = (data["version"], data)
+                self._built_at, self._build_s = now, time.monotonic() - now
             return self._cached[1]
 
 

@@ -636,9 +636,13 @@ const FP = (() => {
             (state.fireHistory[i] = state.fireHistory[i] || []).push({ t: (Date.now() - started) / 1000, v });
           }
           if (ov.version !== versions[i]) {
+            // The server may answer with its cached views for a while (big runs): redraw
+            // only what is new.
             const run = await (await fetch(`api/runs/${i}`)).json();
-            versions[i] = run.version;
-            ui.redraw(i, run);
+            if (run.version !== versions[i]) {
+              versions[i] = run.version;
+              ui.redraw(i, run);
+            }
           }
           if (banner) banner.textContent = `live · updated ${new Date().toLocaleTimeString()}`;
         } catch (err) {
