@@ -10,6 +10,8 @@ const FP = (() => {
   const EDGE = { exploit: "#d62728", transfer: "#2ca02c", replace: "#ff7f0e",
     start_evaluator: "#9467bd", handoff: "#7f7f7f" };
   const REASON = { success: "#2ca02c", failed: "#d62728", end: "#7f7f7f", running: "#bcbd22" };
+  // Other stop reasons: colours none of the named reasons use.
+  const SPARE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
   const PER_MEMBER_TRACES = 60; // above this, one trace per sub-population (fast to draw)
   const CONFIG = { displaylogo: false, responsive: true, scrollZoom: true };
   const state = { runs: [], live: null, logY: {}, fireHistory: {} };
@@ -429,7 +431,7 @@ const FP = (() => {
         traces.push({ type: "bar", orientation: "h", name: `${reason} (${spans.length})`,
           base: spans.map((s) => s.start), x: spans.map((s) => Math.max(s.stop - s.start, 1e-9)),
           y: spans.map((s) => `evaluator ${s.evaluator}`),
-          marker: { color: REASON[reason] || PALETTE[spare++ % 10] },
+          marker: { color: REASON[reason] || SPARE[spare++ % SPARE.length] },
           customdata: spans.map((s) => [s.parent, s.child, fmt(s.p_value), fmt(s.delta)]),
           hovertemplate: `${reason}<br>parent worker %{customdata[0]} → child worker ` +
             "%{customdata[1]}<br>p=%{customdata[2]}, Δ=%{customdata[3]}<extra></extra>" });
@@ -437,8 +439,8 @@ const FP = (() => {
       Plotly.react(gantt, traces, {
         barmode: "overlay", xaxis: { title: { text: ev.axis } },
         yaxis: { categoryorder: "category ascending" },
-        margin: { l: 100, r: 10, t: 10, b: 40 }, height: 120 + 26 * Math.max(2, ev.evaluators.length),
-        uirevision: `gantt-${ri}`, legend: { orientation: "h", y: 1.15 },
+        margin: { l: 100, r: 10, t: 10, b: 80 }, height: 160 + 26 * Math.max(2, ev.evaluators.length),
+        uirevision: `gantt-${ri}`, legend: { orientation: "h", y: -0.3, yanchor: "top" },
       }, CONFIG);
       const members = run.workers.filter((w) => w.role === "member");
       const hist = state.fireHistory[ri] || [];
@@ -630,7 +632,7 @@ const FP = (() => {
       for (let i = 0; i < runs.length; i++) {
         try {
           const ov = await (await fetch(`api/runs/${i}/overview`)).json();
-          if (state.runs[i].is_fire) {
+          if (state.runs[i].is_fire && ov.status === "running") { // a history while it moves
             const v = {};
             for (const w of ov.workers) if (w.role === "member") v[w.id] = w.fire;
             (state.fireHistory[i] = state.fireHistory[i] || []).push({ t: (Date.now() - started) / 1000, v });
