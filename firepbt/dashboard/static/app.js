@@ -344,16 +344,28 @@ const FP = (() => {
     const best = new Set(run.best_lineage);
     node.draw = () => {
       const edges = new Map();
+      const idxOf = new Map(nodes.map((n, i) => [n.ckpt, i]));
       for (const n of nodes) {
         if (n.parent_worker === null) continue;
         const kind = n.edge || "continue";
-        if (!edges.has(kind)) edges.set(kind, { x: [], y: [], t: [] });
+        if (!edges.has(kind)) edges.set(kind, { x: [], y: [], t: [], c: [] });
         const g = edges.get(kind);
         g.x.push(n.parent_step, n.step, null); g.y.push(n.parent_worker, n.worker, null);
+        // An edge's ends sit on nodes: a click that lands on the edge opens that node.
+        const p = idxOf.has(n.parent) ? idxOf.get(n.parent) : null;
+        g.c.push(p, idxOf.get(n.ckpt), null);
+        const label = `${kind}: checkpoint ${n.parent} (worker ${n.parent_worker}, step ` +
+          `${n.parent_step}) → worker ${n.worker}`;
+        g.t.push(label, label, null);
       }
       const traces = [];
       for (const [kind, g] of edges) {
-        traces.push({ type: "scatter", mode: "lines", x: g.x, y: g.y, hoverinfo: "skip",
+        // Hand-overs name donor and checkpoint version on hover; plain continuations are
+        // too many to be worth a label.
+        const labelled = kind !== "continue";
+        traces.push({ type: "scatter", mode: "lines", x: g.x, y: g.y,
+          hoverinfo: labelled ? "text" : "skip", text: labelled ? g.t : undefined,
+          customdata: g.c,
           name: kind, line: { width: kind === "continue" ? 1 : 1.5,
             color: EDGE[kind] || "#bbbbbb", dash: kind === "start_evaluator" ? "dot" : "solid" },
           showlegend: kind !== "continue" });
