@@ -493,7 +493,9 @@ def _failures(run: RunData) -> list[dict[str, Any]]:
     for e in run.events:
         if e.kind not in FAILURE_KINDS or (e.kind == "replace" and "error" not in e.info):
             continue
-        seg = seg_at.get((e.worker, e.step))
+        # failure/failed events carry the failed segment's start step; a replacement carries
+        # the donor's step, which names no segment of this worker.
+        seg = seg_at.get((e.worker, e.step)) if e.kind != "replace" else None
         error = str(e.info.get("error") or (seg.error if seg is not None else "") or "")
         rows.append({
             "time": e.time, "kind": e.kind, "worker": e.worker, "step": e.step,
