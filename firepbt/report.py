@@ -94,7 +94,9 @@ def write_comparison(
             raise ConfigError(f"stores label {label!r}: must be a non-empty string")
         with _opened(store) as st:
             runs.append(_payload(st, label))
-    return _write(Path(out), offline_page(title, runs, subtitle="comparison"))
+    # The page opens on the comparison tab (after the runs' tabs) when there is one.
+    first = len(runs) if len(runs) > 1 else 0
+    return _write(Path(out), offline_page(title, runs, subtitle="comparison", first_tab=first))
 
 
 def _payload(store: Store, label: str) -> dict[str, Any]:

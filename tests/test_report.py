@@ -176,6 +176,7 @@ def test_write_comparison(pbt_db: str, random_db: str, tmp_path: Path) -> None:
     assert "<title>Quadratic &lt;toy&gt;</title>" in page
     runs = runs_of(page)
     assert [r["label"] for r in runs] == ["PBT <1>", "random & co"]
+    assert json.loads(DATA.search(page).group(1))["tab"] == 2  # opens on the comparison
     for r, db in zip(runs, (pbt_db, random_db), strict=True):
         with open_store(db, create=False) as st:
             res = Result(st)

@@ -48,11 +48,16 @@ def embed_json(data: Any) -> str:
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
-def offline_page(title: str, runs: list[dict[str, Any]], subtitle: str = "") -> str:
-    """One self-contained HTML page: style, plotly, the views and the data, all inline."""
+def offline_page(title: str, runs: list[dict[str, Any]], subtitle: str = "",
+                 first_tab: int = 0) -> str:
+    """One self-contained HTML page: style, plotly, the views and the data, all inline.
+
+    ``first_tab`` is the tab shown first: a run's index, or ``len(runs)`` for the comparison
+    (several runs only)."""
     head = f"<style>{static_text('app.css')}</style>"
+    data = embed_json({"runs": runs, "tab": first_tab})
     body = (
-        f"<script id='fp-data' type='application/json'>{embed_json({'runs': runs})}</script>\n"
+        f"<script id='fp-data' type='application/json'>{data}</script>\n"
         + _script(static_text(PLOTLY)) + "\n" + _script(static_text("app.js")) + "\n"
         + _script("FP.offline(document.getElementById('root'), "
                   "JSON.parse(document.getElementById('fp-data').textContent));")

@@ -26,8 +26,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def pbt_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """PBT on the noisy quadratic model (log-uniform learning rate): 8 members, 600 steps."""
     path = str(tmp_path_factory.mktemp("pbt") / "nqm-pbt.db")
-    run("nqm", algorithm=PBT(population=8), steps=600, store=path, executor="inprocess",
-        mode="sync", seed=0)
+    res = run("nqm", algorithm=PBT(population=8), steps=600, store=path, executor="inprocess",
+              mode="sync", seed=0)
+    # Closed now, not whenever the result is collected: closing the writer folds its WAL into
+    # the file, which would otherwise change the file under the read-only checks.
+    res.store.close()
     return path
 
 
@@ -38,8 +41,10 @@ def fire_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     from firepbt.tasks.toys import DeceptiveToy
 
     path = str(tmp_path_factory.mktemp("fire") / "deceptive-fire.db")
-    run(DeceptiveToy, algorithm=FirePBT(population=8, subpop_sizes=(3, 3), smoother="ema"),
-        steps=400, store=path, executor="inprocess", mode="sync", seed=1)
+    res = run(DeceptiveToy, algorithm=FirePBT(population=8, subpop_sizes=(3, 3),
+                                              smoother="ema"),
+              steps=400, store=path, executor="inprocess", mode="sync", seed=1)
+    res.store.close()
     return path
 
 

@@ -277,9 +277,10 @@ def test_offline_report_opens_with_the_network_disabled(browser: Any, pbt_store:
             page.wait_for_selector(f"{sel} .main-svg", timeout=WAIT_MS)
         page.screenshot(path=str(shots / "report-offline.png"))  # the first screen
         page = tab.open(comparison.as_uri())
-        page.wait_for_selector("#run-0 .main-svg", timeout=WAIT_MS)
-        page.click("nav.tabs button:has-text('Compare')")
+        # A comparison opens on its comparison tab; each run has its own.
         page.wait_for_selector("#compare-curves .main-svg", timeout=WAIT_MS)
+        page.click("nav.tabs button:has-text('FIRE')")
+        page.wait_for_selector("#lineage-1-plot .main-svg", timeout=WAIT_MS)
         assert tab.errors == []
     finally:
         ctx.close()

@@ -573,7 +573,7 @@ const FP = (() => {
     return page;
   }
 
-  function render(root, runs) {
+  function render(root, runs, firstTab) {
     state.runs = runs;
     const tabs = el("nav", { class: "tabs" });
     const body = el("div", { class: "pages" });
@@ -591,7 +591,7 @@ const FP = (() => {
     entries.forEach(([label], i) => tabs.append(el("button", { text: label, onclick: () => select(i) })));
     body.append(...entries.map(([, p]) => p));
     root.replaceChildren(...(runs.length > 1 ? [tabs] : []), body);
-    select(0);
+    select(Math.min(Math.max(firstTab || 0, 0), entries.length - 1));
     return { redraw: (i, run) => replaceRun(root, i, run, () => current) };
   }
 
@@ -627,7 +627,7 @@ const FP = (() => {
 
   // ---- entry points -------------------------------------------------------------------------
   function offline(root, data) {
-    render(root, data.runs);
+    render(root, data.runs, data.tab);
     document.body.dataset.ready = "1";
   }
 
