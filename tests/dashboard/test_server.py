@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import subprocess
 import sys
 import textwrap
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -169,3 +172,29 @@ def test_overview_of_an_empty_population() -> None:
     ov = overview(st, now=160.0)
     assert ov["progress"] == {"done": 0, "total": 0, "elapsed_s": 60.0, "eta_s": None}
     assert ov["best"] is None and ov["workers"] == []
+
+
+def test_cli_serves_the_stores(pbt_store: str, fire_store: str) -> None:
+    """`firepbt dashboard` as a user runs it: a process serving 127.0.0.1 until stopped."""
+    with socket.socket() as s:  # a free loopback port (released just before the server binds)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firepbt.cli", "dashboard", pbt_store, fire_store,
+         "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs", timeout=5) as r:
+                    runs = json.loads(r.read())
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the dashboard did not answer in 30 s"
+                time.sleep(0.1)
+        assert [r["label"] for r in runs] == ["nqm-pbt", "deceptive-fire"]
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/" in out and "warning" not in err
