@@ -611,6 +611,10 @@ const FP = (() => {
       }
       if (Object.keys(z).length) zoom[gd.id] = z;
     });
+    // Purge the old charts: each holds a window resize listener that would otherwise keep
+    // it (and its data) alive for as long as the dashboard stays open.
+    old.querySelectorAll(".js-plotly-plot").forEach((gd) => Plotly.purge(gd));
+    hideTip();
     old.replaceWith(page);
     if (oldDetail && oldDetail.dataset.segment) {
       const n = run.graph.nodes.find((x) => String(x.seg) === oldDetail.dataset.segment);
