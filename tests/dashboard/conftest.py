@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from firepbt.algorithms import PBT
 from firepbt.api import run
+from firepbt.tasks.toys import QuadraticToy
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -44,6 +45,29 @@ def fire_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     res = run(DeceptiveToy, algorithm=FirePBT(population=8, subpop_sizes=(3, 3),
                                               smoother="ema"),
               steps=400, store=path, executor="inprocess", mode="sync", seed=1)
+    res.store.close()
+    return path
+
+
+class Flaky(QuadraticToy):
+    """Fails its fifth training call; with max_failures=1 that member is replaced."""
+
+    calls: ClassVar[int] = 0
+
+    def train(self, steps: int) -> None:
+        Flaky.calls += 1
+        if Flaky.calls == 5:
+            raise RuntimeError(f"flaky training step (call {Flaky.calls})")
+        super().train(steps)
+
+
+@pytest.fixture(scope="session")
+def flaky_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A PBT run in which one member's segment fails and the member is replaced."""
+    path = str(tmp_path_factory.mktemp("flaky") / "flaky.db")
+    Flaky.calls = 0
+    res = run(Flaky, algorithm=PBT(population=4), steps=40, interval=4, store=path,
+              executor="inprocess", mode="sync", seed=0, max_failures=1)
     res.store.close()
     return path
 

@@ -61,8 +61,9 @@ def context(browser: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def dashboard(pbt_store: str, fire_store: str) -> Iterator[str]:
-    with BackgroundServer(create_app([pbt_store, fire_store], poll_s=0.5)) as server:
+def dashboard(pbt_store: str, fire_store: str, flaky_store: str) -> Iterator[str]:
+    with BackgroundServer(create_app([pbt_store, fire_store, flaky_store], poll_s=0.5)
+                          ) as server:
         yield server.url
 
 
@@ -97,7 +98,7 @@ def test_dashboard_loads_and_shows_every_view(context: Any, dashboard: str, shot
     tab = Page(context)
     page = tab.open(dashboard)
     assert page.locator("nav.tabs button").all_inner_texts() == ["nqm-pbt", "deceptive-fire",
-                                                                 "Compare"]
+                                                                 "flaky", "Compare"]
     # Every chart of the first run drew (Plotly adds .main-svg), and the metric is named.
     for sel in ("#curves-0-P1", "#schedule-0-0", "#lineage-0-plot"):
         page.wait_for_selector(f"{sel} .main-svg", timeout=WAIT_MS)
@@ -118,7 +119,7 @@ def test_dashboard_loads_and_shows_every_view(context: Any, dashboard: str, shot
     header.click()
     best = page.evaluate("document.querySelector('#members-0 tr.best td').textContent")
     assert page.locator("#members-0 tbody tr").first.locator("td").first.inner_text() == best
-    for view in ("status", "schedules", "members", "settings", "failures"):
+    for view in ("status", "schedules", "members", "settings"):
         tab.shot(f"#{view}-0", shots / f"dashboard-{view}.png")
     # The FIRE run: per-sub-population panels, the evaluator timeline, transfers.
     page.click("nav.tabs button:has-text('deceptive-fire')")
@@ -131,8 +132,33 @@ def test_dashboard_loads_and_shows_every_view(context: Any, dashboard: str, shot
     # The comparison: one row per run, the best lineages on one chart.
     page.click("nav.tabs button:has-text('Compare')")
     page.wait_for_selector("#compare-curves .main-svg", timeout=WAIT_MS)
-    assert page.locator("#compare tbody tr").count() == 2
+    assert page.locator("#compare tbody tr").count() == 3
     tab.shot("#compare", shots / "dashboard-compare.png")
+    assert tab.errors == []
+
+
+def test_failures_show_member_segment_and_traceback(context: Any, dashboard: str,
+                                                   flaky_store: str, shots: Path) -> None:
+    tab = Page(context)
+    page = tab.open(dashboard)
+    page.click("nav.tabs button:has-text('flaky')")
+    with open_store(flaky_store, create=False) as st:
+        [failure] = st.events("failure")
+        segment = next(s for s in st.segments() if s.worker == failure.worker
+                       and s.start_step == failure.step)
+    rows = page.locator("#failures-2 tbody tr")
+    assert rows.count() >= 2  # the failed attempt and the replacement
+    first = rows.first.locator("td").all_inner_texts()
+    assert first[:5] == ["failure", f"worker {failure.worker}", str(segment.id), "1",
+                         str(failure.step)]
+    assert first[5].startswith("RuntimeError: flaky training step")
+    rows.first.locator("summary").click()  # unfold the traceback
+    trace = rows.first.locator("pre")
+    trace.wait_for(state="visible", timeout=WAIT_MS)
+    assert trace.inner_text().strip() == str(failure.info["error"]).strip()
+    assert "replace" in rows.nth(1).inner_text()
+    assert page.locator("#status-2").inner_text().count("failures") == 1
+    tab.shot("#failures-2", shots / "dashboard-failures.png")
     assert tab.errors == []
 
 
