@@ -575,58 +575,62 @@ const FP = (() => {
 
   function render(root, runs, firstTab) {
     state.runs = runs;
+    const multi = runs.length > 1;
     const tabs = el("nav", { class: "tabs" });
     const body = el("div", { class: "pages" });
     const pages = runs.map((r, i) => runPage(r, i));
-    const entries = runs.map((r, i) => [r.label, pages[i]]);
-    if (runs.length > 1) entries.push(["Compare", comparisonView(runs)]);
+    if (multi) pages.push(comparisonView(runs));
+    const labels = runs.map((r) => r.label).concat(multi ? ["Compare"] : []);
     let current = 0;
+    const draw = (page) => { if (page.drawAll) page.drawAll(); else if (page.draw) page.draw(); };
     const select = (i) => {
       current = i;
-      entries.forEach(([, page], j) => { page.style.display = j === i ? "" : "none"; });
+      pages.forEach((page, j) => { page.style.display = j === i ? "" : "none"; });
       tabs.querySelectorAll("button").forEach((b, j) => b.classList.toggle("on", j === i));
-      const page = entries[i][1];
-      if (page.drawAll) page.drawAll(); else if (page.draw) page.draw();
+      draw(pages[i]);
     };
-    entries.forEach(([label], i) => tabs.append(el("button", { text: label, onclick: () => select(i) })));
-    body.append(...entries.map(([, p]) => p));
-    root.replaceChildren(...(runs.length > 1 ? [tabs] : []), body);
-    select(Math.min(Math.max(firstTab || 0, 0), entries.length - 1));
-    return { redraw: (i, run) => replaceRun(root, i, run, () => current) };
-  }
+    labels.forEach((label, i) => tabs.append(el("button", { text: label, onclick: () => select(i) })));
+    body.append(...pages);
+    root.replaceChildren(...(multi ? [tabs] : []), body);
+    select(Math.min(Math.max(firstTab || 0, 0), pages.length - 1));
 
-  function replaceRun(root, i, run, current) {
-    state.runs[i] = run;
-    const old = document.getElementById(`run-${i}`);
-    const page = runPage(run, i);
-    page.style.display = old.style.display;
-    // Keep the open lineage detail and <details> across a refresh.
-    const oldDetail = old.querySelector(".detail");
-    const zoom = {};
-    old.querySelectorAll(".js-plotly-plot").forEach((gd) => {
-      const l = gd.layout || {};
-      const z = {};
-      for (const ax of ["xaxis", "yaxis"]) {
-        if (l[ax] && l[ax].autorange === false && l[ax].range) z[`${ax}.range`] = l[ax].range.slice();
-      }
-      if (Object.keys(z).length) zoom[gd.id] = z;
-    });
-    // Purge the old charts: each holds a window resize listener that would otherwise keep
-    // it (and its data) alive for as long as the dashboard stays open.
-    old.querySelectorAll(".js-plotly-plot").forEach((gd) => Plotly.purge(gd));
-    hideTip();
-    old.replaceWith(page);
-    if (oldDetail && oldDetail.dataset.segment) {
-      const n = run.graph.nodes.find((x) => String(x.seg) === oldDetail.dataset.segment);
-      if (n) showNode(run, index(run), n, page.querySelector(".detail"));
-    }
-    if (current() === i) {
-      page.drawAll();
+    // Put a rebuilt page in place of pages[j]: the user's zoom survives, and the old charts
+    // are purged (each holds a window resize listener that would keep it alive).
+    const swap = (j, page) => {
+      const old = pages[j];
+      const zoom = {};
+      old.querySelectorAll(".js-plotly-plot").forEach((gd) => {
+        const l = gd.layout || {};
+        const z = {};
+        for (const ax of ["xaxis", "yaxis"]) {
+          if (l[ax] && l[ax].autorange === false && l[ax].range) z[`${ax}.range`] = l[ax].range.slice();
+        }
+        if (Object.keys(z).length) zoom[gd.id] = z;
+        Plotly.purge(gd);
+      });
+      hideTip();
+      page.style.display = j === current ? "" : "none";
+      old.replaceWith(page);
+      pages[j] = page;
+      if (j !== current) return;
+      draw(page);
       for (const [id, z] of Object.entries(zoom)) {
         const gd = document.getElementById(id);
-        if (gd && gd.layout) Plotly.relayout(gd, z); // a refresh keeps the user's zoom
+        if (gd && gd.layout) Plotly.relayout(gd, z);
       }
-    }
+    };
+    const redraw = (i, run) => {
+      state.runs[i] = run;
+      const opened = pages[i].querySelector(".detail").dataset.segment;
+      const page = runPage(run, i);
+      if (opened) { // keep the lineage node the user opened
+        const n = run.graph.nodes.find((x) => String(x.seg) === opened);
+        if (n) showNode(run, index(run), n, page.querySelector(".detail"));
+      }
+      swap(i, page);
+      if (multi) swap(runs.length, comparisonView(state.runs));
+    };
+    return { redraw };
   }
 
   // ---- entry points -------------------------------------------------------------------------
@@ -635,14 +639,36 @@ const FP = (() => {
     document.body.dataset.ready = "1";
   }
 
+  function skeleton(ov) {
+    // An overview dressed as a full payload with empty views (while those load).
+    const members = ov.workers.filter((w) => w.role === "member");
+    const subpops = [...new Set(members.map((w) => w.subpop))].sort((a, b) => a - b);
+    return { ...ov, hparams: [], hp_keys: [], segments: [], points: {},
+      best_curve: [[], []], best_lineage: [], schedules: {}, graph: { nodes: [] }, lineage: [],
+      evaluations: { spans: [], axis: "", evaluators: [] }, transfers: [], failures: [],
+      compute: null, final: null, settings: [], subpops, reasons: {},
+      is_fire: subpops.length > 1 || ov.workers.some((w) => w.role === "evaluator"),
+      notes: ["Loading the charts…"] };
+  }
+
   async function live(root, opts) {
     const every = opts.pollMs || 2000;
     const list = await (await fetch("api/runs")).json();
-    const runs = await Promise.all(list.map((_, i) => fetch(`api/runs/${i}`).then((r) => r.json())));
+    // The overviews answer in milliseconds, the full views of a 2,000-member run take the
+    // server seconds: show status and members at once, the charts when they arrive.
+    const overviews = await Promise.all(list.map((_, i) =>
+      fetch(`api/runs/${i}/overview`).then((r) => r.json())));
+    const runs = overviews.map(skeleton);
     const ui = render(root, runs);
     const banner = document.getElementById("live");
+    const versions = runs.map(() => null);
+    for (let i = 0; i < runs.length; i++) {
+      const run = await (await fetch(`api/runs/${i}`)).json();
+      versions[i] = run.version;
+      runs[i] = run;
+      ui.redraw(i, run);
+    }
     document.body.dataset.ready = "1";
-    const versions = runs.map((r) => r.version);
     const started = Date.now();
     async function poll() {
       for (let i = 0; i < runs.length; i++) {
