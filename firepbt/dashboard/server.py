@@ -52,13 +52,20 @@ class _Run:
         if self.store.experiment() is None:
             self.store.close()
             raise ConfigError(f"store {url!r}: holds no experiment to show")
+        # A second handle for the polled overview: building the views holds the first one's
+        # connection for seconds on a big run, and the overview must not queue behind it.
+        self._overview_store: Store = open_store(url, create=False)
         self._lock = threading.Lock()
         self._cached: tuple[str, dict[str, Any]] | None = None
         self._built_at = 0.0
         self._build_s = 0.0
 
     def overview(self) -> dict[str, Any]:
-        return overview(self.store, self.label)
+        return overview(self._overview_store, self.label)
+
+    def close(self) -> None:
+        self.store.close()
+        self._overview_store.close()
 
     def payload(self) -> dict[str, Any]:
         # Building the views reads the whole store; several clients polling the same run
@@ -108,7 +115,7 @@ def create_app(stores: Sequence[str], poll_s: float = 2.0, title: str = "firepbt
             runs.append(_Run(label, url))
     except Exception:
         for r in runs:
-            r.store.close()
+            r.close()
         raise
     page = live_page(title, int(poll_s * 1000))
 
@@ -158,7 +165,7 @@ def create_app(stores: Sequence[str], poll_s: float = 2.0, title: str = "firepbt
         yield
         warmer.join(timeout=30)  # the stores close after it (it may be reading them)
         for r in runs:
-            r.store.close()
+            r.close()
 
     app = Starlette(routes=[
         Route("/", index),
