@@ -209,10 +209,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from firepbt.dashboard.server import create_app, serve, warn_if_exposed
+    from firepbt.dashboard.server import (
+        LOOPBACK_NAMES,
+        create_app,
+        is_loopback,
+        serve,
+        warn_if_exposed,
+    )
 
-    app = create_app([_existing(s) for s in args.stores], poll_s=args.poll)
     host = args.host or "127.0.0.1"
+    # On loopback only loopback Host headers are served (no DNS rebinding); an explicit other
+    # address is served under any name (and warned about below).
+    hosts = LOOPBACK_NAMES if is_loopback(host) else ("*",)
+    app = create_app([_existing(s) for s in args.stores], poll_s=args.poll, allowed_hosts=hosts)
     warn_if_exposed(host, args.port, lambda m: print(f"firepbt: {m}", file=sys.stderr))
     shown = f"[{host}]" if ":" in host else host
     print(f"firepbt dashboard: http://{shown}:{args.port}/ ({len(args.stores)} run(s), "

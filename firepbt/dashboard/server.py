@@ -91,9 +91,16 @@ def labels_for(stores: Sequence[str]) -> list[str]:
     return [stem if stems.count(stem) == 1 else s for stem, s in zip(stems, stores, strict=True)]
 
 
-def create_app(stores: Sequence[str], poll_s: float = 2.0, title: str = "firepbt dashboard"
-               ) -> Any:
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def create_app(stores: Sequence[str], poll_s: float = 2.0, title: str = "firepbt dashboard",
+               allowed_hosts: Sequence[str] = LOOPBACK_NAMES) -> Any:
     """The Starlette app serving the views of ``stores`` (paths or store URLs).
+
+    Requests whose ``Host`` header is not in ``allowed_hosts`` are refused (400), so a web
+    page the user visits cannot read a loopback dashboard through DNS rebinding; pass
+    ``["*"]`` when serving on another address.
 
     Raises:
         ConfigError: no store, ``poll_s`` not positive, or a store holds no experiment.
@@ -101,6 +108,8 @@ def create_app(stores: Sequence[str], poll_s: float = 2.0, title: str = "firepbt
     """
     _require()
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
@@ -173,7 +182,8 @@ def create_app(stores: Sequence[str], poll_s: float = 2.0, title: str = "firepbt
         Route("/api/runs/{i:int}", run_full),
         Route("/api/runs/{i:int}/overview", run_overview),
         Route("/static/{name}", static),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan,
+        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))])
     app.state.runs = runs
     assert PLOTLY in STATIC_FILES
     return app

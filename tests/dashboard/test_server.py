@@ -103,6 +103,22 @@ def test_api_answers_what_the_store_holds(pbt_store: str, fire_store: str) -> No
     assert (digest(pbt_store), digest(fire_store)) == before  # read-only
 
 
+def test_foreign_host_names_are_refused(pbt_store: str) -> None:
+    """A page on another site that rebinds its name to 127.0.0.1 must not read the runs."""
+    with Client(create_app([pbt_store])) as client:
+        url = client._server.url + "api/runs/0/overview"
+        req = urllib.request.Request(url, headers={"Host": "attacker.example"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=30)
+        assert err.value.code == 400
+        assert client.get("/api/runs/0/overview").status_code == 200
+    with Client(create_app([pbt_store], allowed_hosts=["*"])) as client:
+        req = urllib.request.Request(client._server.url + "api/runs",
+                                     headers={"Host": "dashboard.lan"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200
+
+
 def test_user_code_is_never_imported(tmp_path: Path) -> None:
     marker = tmp_path / "imports.log"
     task = tmp_path / "mytask_dash.py"
