@@ -17,6 +17,7 @@ _EXPORTS = {
     "FirePBT": "firepbt.algorithms.fire",
     "RandomSearch": "firepbt.algorithms.random_search",
     "run": "firepbt.api",
+    "compare": "firepbt.compare",
     "resume": "firepbt.api",
     "ConfigError": "firepbt.errors",
     "FirePBTError": "firepbt.errors",
@@ -29,6 +30,7 @@ _EXPORTS = {
     "Choice": "firepbt.space",
     "ExploreConfig": "firepbt.space",
     "Trainable": "firepbt.trainable",
+    "Metric": "firepbt.trainable",
 }
 
 if TYPE_CHECKING:
@@ -36,10 +38,11 @@ if TYPE_CHECKING:
     from firepbt.algorithms.pbt import PBT
     from firepbt.algorithms.random_search import RandomSearch
     from firepbt.api import resume, run
+    from firepbt.compare import compare
     from firepbt.errors import ConfigError, FirePBTError
     from firepbt.result import Result
     from firepbt.space import Choice, ExploreConfig, Int, LogUniform, Ordered, Space, Uniform
-    from firepbt.trainable import Trainable
+    from firepbt.trainable import Metric, Trainable
 
 
 def __getattr__(name: str) -> Any:
@@ -64,6 +67,7 @@ __all__ = [
     "FirePBTError",
     "Int",
     "LogUniform",
+    "Metric",
     "Ordered",
     "RandomSearch",
     "Result",
@@ -71,6 +75,7 @@ __all__ = [
     "Trainable",
     "Uniform",
     "__version__",
+    "compare",
     "resume",
     "run",
 ]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import logging
+import multiprocessing
+import os
+import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -10,28 +15,52 @@ from typing import Any
 
 from firepbt.algorithms import Algorithm
 from firepbt.controller import Controller, RunConfig, validate_run
-from firepbt.errors import ConfigError
+from firepbt.errors import ConfigError, RunFailed
 from firepbt.executors.base import Executor
 from firepbt.executors.inprocess import InProcessExecutor
-from firepbt.executors.local import LocalExecutor
+from firepbt.executors.local import MAIN_GUARD_HINT, WORKER_ENV, LocalExecutor
 from firepbt.result import Result
 from firepbt.space import Space
 from firepbt.store import Store, open_store
+from firepbt.tasks.loader import absolute_ref, source_file
+from firepbt.trainable import Metric, make_trainable_class
+
+log = logging.getLogger("firepbt")
 
 EXECUTORS = ("process", "inprocess")
 
 
+def task_attribute(obj: Any, name: str) -> Any:
+    """``obj.NAME``, else the module-level ``NAME`` of the module that defines ``obj``."""
+    value = getattr(obj, name, None)
+    if value is None:
+        value = getattr(sys.modules.get(getattr(obj, "__module__", "") or ""), name, None)
+    return value
+
+
+def task_digest(ref: str | None) -> str | None:
+    """sha256 of the file holding the task's code (None for objects without a file)."""
+    if ref is None:
+        return None
+    try:
+        path = source_file(ref)
+    except (ImportError, ValueError):
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
+
+
 def task_ref_of(task: Any) -> str | None:
-    """An importable reference for a task object, or the string itself."""
+    """An importable reference for a task object, or the string itself (``file.py`` paths
+    made absolute, so that the store resumes from any folder)."""
     if isinstance(task, str):
-        return task
+        return absolute_ref(task)
     module = getattr(task, "__module__", None)
     name = getattr(task, "__qualname__", None)
     if module is None or name is None or "<" in name:
         return None
     if module == "__main__":
         path = inspect.getsourcefile(task)
-        return f"{path}:{name}" if path else None
+        return f"{Path(path).resolve()}:{name}" if path else None
     return f"{module}:{name}"
 
 
@@ -78,7 +107,7 @@ def run(
     interval: int | None = None,
     eval_every: int | None = None,
     store: str | Store = "runs/firepbt.db",
-    workers: int = 1,
+    workers: int = 2,
     executor: str | Executor = "process",
     seed: int = 0,
     mode: str = "async",
@@ -86,6 +115,7 @@ def run(
     keep_checkpoints: int = 2,
     segment_timeout_s: float | None = None,
     initial: Sequence[Mapping[str, Any]] | None = None,
+    metric: str | Metric | None = None,
     on_event: Callable[[Controller], None] | None = None,
 ) -> Result:
     """Train a population of ``task`` and return a :class:`Result`.
@@ -109,21 +139,36 @@ def run(
         keep_checkpoints: newest checkpoints kept per worker beyond the pinned ones.
         segment_timeout_s: a segment running longer is killed and counts as a failure.
         initial: starting hyperparameters for the members (cycled), instead of sampling.
+        metric: what evaluate() measures: a name, or ``Metric(name, mode="min")`` when lower
+            is better (default ``task.METRIC``, else "fitness", higher is better). When
+            evaluate() returns a dict, this names the fitness among its keys.
         on_event: called with the controller after every handled result (progress).
     """
     from firepbt.algorithms.pbt import PBT
 
+    _refuse_inside_a_worker(task)
     obj = _resolve(task)
-    defaults = dict(getattr(obj, "DEFAULTS", {}))
-    space = space if space is not None else getattr(obj, "SPACE", None)
+    make_trainable_class(obj)  # a class that is no trainable is refused before anything starts
+    name = task if isinstance(task, str) else getattr(task, "__qualname__", repr(task))
+    defaults = dict(task_attribute(obj, "DEFAULTS") or {})
+    space = space if space is not None else task_attribute(obj, "SPACE")
     if space is None:
-        raise ConfigError(f"task {task!r} has no SPACE attribute: pass space=")
+        raise ConfigError(
+            f"task {name!r} has no search space: define SPACE = fp.Space(...) on the task class "
+            "or in its module, or pass space= (CLI: --space 'lr=loguniform(1e-4,1e-1)')"
+        )
     steps = steps if steps is not None else defaults.get("steps")
     interval = interval if interval is not None else defaults.get("interval")
     if eval_every is None:
         eval_every = defaults.get("eval_every")
-    if steps is None or interval is None:
-        raise ConfigError(f"task {task!r} has no DEFAULTS for steps/interval: pass them")
+    for key, value in (("steps", steps), ("interval", interval)):
+        if value is None:
+            raise ConfigError(
+                f"{key} is not set and task {name!r} has no DEFAULTS[{key!r}]: pass {key}= "
+                f"(CLI: --{key}), or define DEFAULTS = {{'steps': ..., 'interval': ...}} on "
+                "the task"
+            )
+    assert steps is not None and interval is not None
     config = RunConfig(
         steps=steps, interval=interval, eval_every=eval_every, seed=seed, mode=mode,
         max_failures=max_failures, keep_checkpoints=keep_checkpoints,
@@ -134,35 +179,114 @@ def run(
     # Everything is validated before the store file is created or a worker starts.
     ex = _executor(executor, obj, ref, workers, segment_timeout_s)
     validate_run(space, algorithm, config, initial)
+    spec = Metric.of(metric if metric is not None else task_attribute(obj, "METRIC"))
     st = open_store(store) if isinstance(store, str) else store
+    if st.experiment() is not None and st.get_state("status") == "finished":
+        log.warning("store %s already holds a finished run of this experiment: returning its "
+                    "result (use another store to run again)", st.url)
     ctl = Controller(
         store=st, executor=ex, checkpoint_root=checkpoint_root_for(st), task_ref=ref,
         space=space, algorithm=algorithm, config=config,
         init_space=getattr(obj, "INIT_SPACE", None), initial=initial, on_event=on_event,
+        experiment_info={"task_sha256": task_digest(ref), "task_space": _task_space(obj),
+                         "metric": spec.to_json()},
     )
     ctl.run()
-    return Result(st)
+    return _outcome(st)
+
+
+def _refuse_inside_a_worker(task: Any) -> None:
+    """A script without the main guard runs fp.run() again in every worker that imports it."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A starting worker re-runs the parent's main script (multiprocessing sets this flag
+        # meanwhile): one line, then a quiet exit that the parent turns into one clear error,
+        # instead of a traceback from every worker.
+        print(f"firepbt: error: {MAIN_GUARD_HINT}", file=sys.stderr)
+        raise SystemExit(1)
+    if os.environ.get(WORKER_ENV):
+        raise ConfigError(f"fp.run() was called while a worker imported the task's file "
+                          f"({task_ref_of(task) or task!r}): {MAIN_GUARD_HINT}")
+
+
+def _outcome(store: Store) -> Result:
+    """The run's result; raises RunFailed when no member ended with a valid fitness."""
+    result = Result(store)
+    failure = result.failure()
+    if failure is not None:
+        raise RunFailed(failure)
+    failures = result.failures()
+    if failures:
+        members = {f.worker for f in failures}
+        log.warning(
+            "%d segment(s) of %d worker(s) failed; see the tracebacks with: firepbt status %s "
+            "--failures", len(failures), len(members), store.url.removeprefix("sqlite:///"),
+        )
+    return result
 
 
 def resume(
     store: str | Store,
     *,
-    workers: int = 1,
+    task: Any = None,
+    workers: int = 2,
     executor: str | Executor = "process",
+    allow_changed_task: bool = False,
     on_event: Callable[[Controller], None] | None = None,
 ) -> Result:
-    """Continue the experiment held by ``store`` with its stored task, algorithm and settings."""
+    """Continue the experiment held by ``store`` with its stored task, algorithm and settings.
+
+    Resuming imports the task the store names (or ``task``, which then replaces it for this
+    and later resumes): only resume stores you trust. The task must have the stored search
+    space, and its file must be unchanged since the run started, unless
+    ``allow_changed_task``.
+
+    Raises:
+        ConfigError: no experiment, no importable task, another space, or an edited task file.
+    """
     st = open_store(store) if isinstance(store, str) else store
     exp = st.experiment()
     if exp is None:
         raise ConfigError(f"store {st.url!r} holds no experiment to resume")
-    ref = exp.get("task")
+    ref = task_ref_of(task) if task is not None else st.get_state("task", exp.get("task"))
     if ref is None and not isinstance(executor, Executor):
         raise ConfigError(f"store {st.url!r} did not record an importable task; pass executor=")
     obj = _resolve(ref) if ref is not None else None
+    _check_same_task(st, exp, ref, obj, allow_changed_task)
+    if task is not None:
+        st.put_state("task", ref)
+        st.put_state("task_sha256", task_digest(ref))
+        st.put_state("task_space", _task_space(obj))
     timeout = exp["config"].get("segment_timeout_s")
     ex = _executor(executor, obj, ref, workers, timeout)
     ctl = Controller(store=st, executor=ex, checkpoint_root=checkpoint_root_for(st),
                      on_event=on_event)
     ctl.run()
-    return Result(st)
+    return _outcome(st)
+
+
+def _task_space(obj: Any) -> dict[str, Any] | None:
+    space = task_attribute(obj, "SPACE") if obj is not None else None
+    return space.to_json() if isinstance(space, Space) else None
+
+
+def _check_same_task(st: Store, exp: Mapping[str, Any], ref: str | None, obj: Any,
+                     allow_changed: bool) -> None:
+    """Refuse to resume with a task whose space differs, or whose file was edited."""
+    from firepbt.controller import differences
+
+    space, was = _task_space(obj), st.get_state("task_space", exp.get("task_space"))
+    if space is not None and was is not None and space != was and not allow_changed:
+        raise ConfigError(
+            f"task {ref!r} has another SPACE than when the run in {st.url!r} started: "
+            f"{differences(was, space)}; restore it, or resume with --allow-changed-task "
+            "(allow_changed_task=True) to continue with the stored search space"
+        )
+    stored = st.get_state("task_sha256", exp.get("task_sha256"))
+    now = task_digest(ref)
+    if stored is not None and now is not None and stored != now and not allow_changed:
+        raise ConfigError(
+            f"the task's file {source_file(ref) if ref else None} changed since the run "
+            f"started (sha256 {stored[:12]}... now {now[:12]}...): the members would resume "
+            "with other code; restore the file, or resume with --allow-changed-task "
+            "(allow_changed_task=True) to continue anyway"
+        )

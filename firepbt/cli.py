@@ -7,14 +7,18 @@ import csv
 import io
 import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from firepbt.errors import FirePBTError
+from firepbt.errors import FirePBTError, RunFailed
 
 ALGORITHMS = ("pbt", "fire", "random")
+EXPLOIT_RULES = ("truncation", "tournament", "ttest")
+SMOOTHERS = ("gp", "ema")
 
 
 def _algorithm(args: argparse.Namespace) -> Any:
@@ -28,37 +32,62 @@ def _algorithm(args: argparse.Namespace) -> Any:
     from firepbt.algorithms.fire import FirePBT
 
     return FirePBT(population=args.population, pbt=PBT(population=2, **pbt_kw),
-                   smoother=args.smoother)
+                   smoother=args.smoother, n_subpops=args.n_subpops,
+                   evaluators=args.evaluators, p_stat=args.p_stat)
+
+
+def _subpop_bests(ctl: Any) -> str:
+    """'P1 0.91 | P2 0.88': the best latest metric of each sub-population (FIRE)."""
+    best: dict[int, float] = {}
+    for w in ctl.workers.values():
+        if w.role == "member":
+            f = ctl._views[w.id].last_metric()
+            if f is not None and (w.subpop not in best or f > best[w.subpop]):
+                best[w.subpop] = f
+    sign = ctl.metric.sign  # fitness back to the task's own values
+    return " | ".join(f"P{k} {sign * v:.4g}" for k, v in sorted(best.items()))
 
 
 class _Progress:
-    """A live progress bar (rich) fed by the controller after every handled result."""
+    """Live progress fed by the controller after every handled result: a rich bar with the
+    ETA on a terminal, a line per tenth of the run otherwise, nothing with ``-q``."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
+        self.enabled = enabled
         self._bar: Any = None
         self._task: Any = None
+        self._last_decile = -1
 
     def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        if self.enabled and sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(),
-                TextColumn("{task.completed}/{task.total} member-steps"),
-                TextColumn("{task.fields[best]}"), TimeElapsedColumn(),
+                TextColumn("{task.fields[steps]}"), TextColumn("{task.fields[best]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task("training", total=1, best="")
+            self._task = self._bar.add_task("training", total=None, steps="starting workers",
+                                            best="")
         return self
 
     def __call__(self, ctl: Any) -> None:
+        if not self.enabled:
+            return
         done, total = ctl.progress()
-        best = ctl.best()
-        text = f"best member {best[0]}: {best[1]:.4g}" if best else ""
+        text = _subpop_bests(ctl)
+        text = f"best {text}" if text else ""
         if self._bar is not None:
-            self._bar.update(self._task, completed=done, total=total, best=text)
-        elif total and done * 10 // total != getattr(self, "_last_decile", -1):
+            self._bar.update(self._task, completed=done, total=total,
+                             steps=f"{done}/{total} member-steps", best=text)
+        elif total and done * 10 // total != self._last_decile:
             self._last_decile = done * 10 // total
             print(f"  {done}/{total} member-steps {text}", file=sys.stderr, flush=True)
 
@@ -67,19 +96,49 @@ class _Progress:
             self._bar.__exit__(*exc)
 
 
+def _default_store(args: argparse.Namespace) -> str:
+    """One store per experiment: runs/NAME.db, NAME from --name or task, algorithm and time."""
+    if args.store:
+        return str(args.store)
+    name = args.name
+    if not name:
+        task = args.task.rsplit(":", 1)
+        stem = Path(task[0]).stem if task[0].endswith(".py") else task[0].split(".")[-1]
+        name = f"{stem}-{args.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
+        n = 2
+        base = name
+        while Path(f"runs/{name}.db").exists():  # two runs within one second
+            name, n = f"{base}-{n}", n + 1
+    return f"runs/{name}.db"
+
+
+def _metric(args: argparse.Namespace) -> Any:
+    from firepbt.trainable import Metric
+
+    if args.metric is None and args.metric_mode is None:
+        return None  # the task's METRIC, else the default
+    return Metric(args.metric or "fitness", args.metric_mode or "max")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from firepbt.api import run
     from firepbt.report import write_report
+    from firepbt.space_spec import parse_space
 
     algorithm = _algorithm(args)
-    Path(args.store).parent.mkdir(parents=True, exist_ok=True)
+    space = parse_space(args.space) if args.space else None
+    args.store = _default_store(args)
+    if "://" not in args.store:
+        Path(args.store).parent.mkdir(parents=True, exist_ok=True)
+    if not args.quiet:
+        print(f"store: {args.store}", file=sys.stderr)
     with _Progress(not args.quiet) as progress:
         result = run(
-            args.task, algorithm=algorithm, steps=args.steps, interval=args.interval,
-            eval_every=args.eval_every, store=args.store, workers=args.workers,
-            executor=args.executor, seed=args.seed, mode=args.mode,
+            args.task, space=space, algorithm=algorithm, steps=args.steps,
+            interval=args.interval, eval_every=args.eval_every, store=args.store,
+            workers=args.workers, executor=args.executor, seed=args.seed, mode=args.mode,
             max_failures=args.max_failures, segment_timeout_s=args.segment_timeout,
-            on_event=progress,
+            metric=_metric(args), on_event=progress,
         )
     _print_summary(result.summary())
     if args.no_report or args.store.startswith("memory://"):
@@ -93,7 +152,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from firepbt.report import write_report
 
     with _Progress(not args.quiet) as progress:
-        result = resume(_existing(args.store), workers=args.workers, executor=args.executor,
+        result = resume(_existing(args.store), task=args.task, workers=args.workers,
+                        executor=args.executor, allow_changed_task=args.allow_changed_task,
                         on_event=progress)
     _print_summary(result.summary())
     print(f"report: {write_report(result.store)}")
@@ -134,12 +194,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     holder = res.store.lock_holder()
     print(f"task: {exp.get('task')}  algorithm: {exp['algorithm']['name']}  "
           f"status: {res.status()}")
+    if exp["algorithm"]["name"] == "fire":
+        print("  P1 is the greedy sub-population that holds the answer; P2..Pn are its parent "
+              "sub-populations, ranked by how fast evaluators improve their weights with the "
+              "hyperparameters of P(k-1)")
     if holder is not None:
         h, beat = holder
-        print(f"lock: pid {h.pid} on {h.host} (last heartbeat {beat:.0f})")
+        ago = max(0.0, time.time() - beat)
+        print(f"lock: pid {h.pid} on {h.host} (last heartbeat {ago:.0f} s ago)")
     cfg = exp["config"]
     print(f"steps {cfg['steps']}  interval {cfg['interval']}  eval_every {cfg['eval_every']}  "
-          f"seed {cfg['seed']}  mode {cfg['mode']}")
+          f"seed {cfg['seed']}  mode {cfg['mode']}  metric {res.metric.describe()}")
     finals = res.final_metrics(subpop=None)
     for w in res.store.workers():
         metric = finals.get(w.id)
@@ -148,7 +213,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {w.role:>9} {w.id:>3} P{w.subpop} {w.status:>6} step {w.step:>6} "
               f"metric {shown:>8}  {hp}")
     print(f"best: {res.best} ({res.best_metric})")
+    _print_eta(res, exp)
+    _print_failures(res, args.store, full=args.failures)
     return 0
+
+
+def _print_eta(res: Any, exp: dict[str, Any]) -> None:
+    members = [w for w in res.store.workers() if w.role == "member"]
+    total = len(members) * exp["config"]["steps"]
+    done = sum(min(w.step, exp["config"]["steps"]) for w in members)
+    line = f"progress: {done}/{total} member-steps ({100 * done / max(total, 1):.0f} %)"
+    if res.status() == "running" and 0 < done < total and exp.get("created"):
+        elapsed = max(time.time() - float(exp["created"]), 0.0)
+        line += f", ETA {elapsed * (total - done) / done / 60:.1f} min"
+    print(line)
+
+
+def _print_failures(res: Any, store: str, full: bool) -> None:
+    failures = res.failures()
+    why = res.failure()
+    if why is not None:
+        print(f"run failed: {why.splitlines()[0]}")
+    if not failures:
+        return
+    print(f"failures: {len(failures)} failed segment attempt(s) of "
+          f"{len({f.worker for f in failures})} worker(s)")
+    for f in failures:
+        print(f"  worker {f.worker:>3} segment {f.segment} attempt {f.attempt} "
+              f"step {f.step}: {f.last_line}")
+        if full:
+            print("    " + f.error.rstrip().replace("\n", "\n    "))
+    if not full:
+        print(f"full tracebacks: firepbt status {store} --failures")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -163,6 +259,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     member = args.member if args.member is not None else res.best
     if member is None:
         raise FirePBTError(f"store {args.store!r} has no member with a valid metric yet")
+    members = sorted(w.id for w in res.store.workers() if w.role == "member")
+    if member not in members:
+        raise FirePBTError(f"--member {member}: no such member in {args.store!r} "
+                           f"(members: {members[0]}..{members[-1]})")
+    if args.checkpoint:
+        import shutil
+
+        target = Path(args.checkpoint)
+        if target.exists():
+            raise FirePBTError(f"--checkpoint {str(target)!r} exists already: give a new folder")
+        shutil.copytree(res.best_checkpoint(member), target)
+        print(f"member {member}'s weights: {target} (read it with your task's load())")
+        return 0
     pieces = res.schedule(member)
     rows = [{"start_step": p.start_step, "end_step": p.end_step, "worker": p.worker,
              **p.hparams} for p in pieces]
@@ -190,6 +299,25 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"FAIL {p}")
     print("ok: all invariants hold" if not problems else f"{len(problems)} problem(s)")
     return 0 if not problems else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from firepbt.compare import compare
+    from firepbt.space_spec import parse_space
+
+    summary = compare(
+        args.task, methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        seeds=args.seeds, workers=args.workers, baselines=args.baseline, out=args.out,
+        space=parse_space(args.space) if args.space else None, steps=args.steps,
+        interval=args.interval, eval_every=args.eval_every, processes=args.processes,
+        executor=args.executor, mode=args.mode, metric=_metric(args),
+    )
+    print(f"{'method':<36} {'mean':>10} {'sd':>9} {'median':>10} {'wins':>5}")
+    for m in summary["methods"].values():
+        cells = [f"{x:>10.4g}" if x is not None else f"{'-':>10}"
+                 for x in (m["mean"], m["sd"], m["median"])]
+        print(f"{m['label']:<36} {cells[0]} {cells[1][1:]} {cells[2]} {m['wins']:>5}")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -230,84 +358,175 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where there is none to show (None, or an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _builtin_tasks() -> str:
+    from firepbt.tasks.loader import BUILTIN
+
+    return ", ".join(BUILTIN)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="firepbt", description=__doc__)
+    from firepbt import __version__
+
+    fmt = _HelpFormatter
+    p = argparse.ArgumentParser(prog="firepbt", description=__doc__, formatter_class=fmt)
+    p.add_argument("--version", action="version", version=f"firepbt {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log warnings and details")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="train a population")
-    r.add_argument("task", help="file.py:Name, module:Name or a builtin task "
-                   "(quadratic, moving, plain, deceptive, nqm, fmnist, fmnist-cnn, "
-                   "teacher-student, sleep)")
-    r.add_argument("--algorithm", choices=ALGORITHMS, default="pbt")
+    r = sub.add_parser("run", help="train a population", formatter_class=fmt)
+    r.add_argument("task", help="file.py:Name, module:Name or a built-in task: "
+                   f"{_builtin_tasks()}")
+    r.add_argument("--algorithm", choices=ALGORITHMS, default="pbt",
+                   help="pbt (greedy PBT), fire (FIRE PBT) or random (random search)")
     r.add_argument("--population", type=int, default=8,
-                   help="members (FIRE: members + evaluators)")
+                   help="workers in the population (FIRE: members + evaluators)")
     r.add_argument("--workers", type=int, default=2, help="parallel worker processes")
-    r.add_argument("--steps", type=int, help="training steps per member (task default)")
-    r.add_argument("--interval", type=int, help="steps between ready points (task default)")
-    r.add_argument("--eval-every", type=int, help="steps between curve points")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--store", default="runs/firepbt.db", help="SQLite file (or memory://)")
-    r.add_argument("--mode", choices=("async", "sync"), default="async")
-    r.add_argument("--executor", choices=("process", "inprocess"), default="process")
-    r.add_argument("--exploit", choices=("truncation", "tournament", "ttest"),
-                   default="truncation")
-    r.add_argument("--quantile", type=float, default=0.25)
-    r.add_argument("--smoother", choices=("gp", "ema"), default="gp", help="FIRE smoother")
-    r.add_argument("--max-failures", type=int, default=3)
+    r.add_argument("--space", help="search space, e.g. 'lr=loguniform(1e-4,1e-1); "
+                   "momentum=0.9', or a .json file (default: the task's SPACE)")
+    r.add_argument("--steps", type=int, help="training steps per member (task DEFAULTS)")
+    r.add_argument("--interval", type=int, help="steps between ready points (task DEFAULTS)")
+    r.add_argument("--eval-every", type=int,
+                   help="steps between curve points (task DEFAULTS, else interval // 10)")
+    r.add_argument("--seed", type=int, default=0,
+                   help="seeds sampling, exploit/explore and every member")
+    r.add_argument("--name", help="the experiment's name: its store is runs/NAME.db")
+    r.add_argument("--store", help="store file or URL (memory:// for none); default "
+                   "runs/NAME.db, NAME from --name or task-algorithm-time")
+    r.add_argument("--mode", choices=("async", "sync"), default="async",
+                   help="async: decide at each member's ready point; sync: in rounds")
+    r.add_argument("--executor", choices=("process", "inprocess"), default="process",
+                   help="process: worker processes; inprocess: one process, reproducible")
+    r.add_argument("--exploit", choices=EXPLOIT_RULES, default="truncation",
+                   help="PBT's exploit rule (also inside FIRE's sub-populations)")
+    r.add_argument("--quantile", type=float, default=0.25,
+                   help="truncation: the bottom quantile copies the top quantile")
+    r.add_argument("--smoother", choices=SMOOTHERS, default="gp",
+                   help="FIRE: how learning curves are smoothed to align them")
+    r.add_argument("--n-subpops", type=int, default=2, help="FIRE: sub-populations P1..Pn")
+    r.add_argument("--evaluators", type=int,
+                   help="FIRE: evaluator workers (default: 28 %% of the population)")
+    r.add_argument("--p-stat", type=float, default=0.01,
+                   help="FIRE: significance level of the evaluators' sign test")
+    r.add_argument("--metric", help="name of the metric evaluate() returns (the key, when it "
+                   "returns a dict); default: the task's METRIC, else 'fitness'")
+    r.add_argument("--metric-mode", choices=("max", "min"),
+                   help="whether higher (max) or lower (min) values of the metric are better; "
+                   "default: the task's METRIC, else max")
+    r.add_argument("--max-failures", type=int, default=3,
+                   help="attempts of a segment before its member is replaced from a donor")
     r.add_argument("--segment-timeout", type=float, help="seconds before a segment is killed")
-    r.add_argument("--no-report", action="store_true")
+    r.add_argument("--no-report", action="store_true", help="do not write the HTML report")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     r.set_defaults(fn=cmd_run)
 
-    s = sub.add_parser("status", help="show an experiment's state")
-    s.add_argument("store")
+    s = sub.add_parser("status", help="show an experiment's state", formatter_class=fmt)
+    s.add_argument("store", help="the experiment's store file or URL")
+    s.add_argument("--failures", action="store_true",
+                   help="print the full traceback of every failed segment")
     s.set_defaults(fn=cmd_status)
 
-    rs = sub.add_parser("resume", help="continue a stopped or killed run")
-    rs.add_argument("store")
-    rs.add_argument("--workers", type=int, default=2)
-    rs.add_argument("--executor", choices=("process", "inprocess"), default="process")
-    rs.add_argument("-q", "--quiet", action="store_true")
+    rs = sub.add_parser("resume", help="continue a stopped or killed run (imports the task "
+                        "the store names)", formatter_class=fmt)
+    rs.add_argument("store", help="the experiment's store file or URL")
+    rs.add_argument("--task", help="file.py:Name or module:Name to use instead of the stored "
+                    "task (it must have the same search space)")
+    rs.add_argument("--allow-changed-task", action="store_true",
+                    help="resume although the task's file or SPACE changed since the start")
+    rs.add_argument("--workers", type=int, default=2, help="parallel worker processes")
+    rs.add_argument("--executor", choices=("process", "inprocess"), default="process",
+                    help="process: worker processes; inprocess: one process")
+    rs.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     rs.set_defaults(fn=cmd_resume)
 
-    rp = sub.add_parser("report", help="write the HTML report")
-    rp.add_argument("store")
-    rp.add_argument("-o", "--output")
+    rp = sub.add_parser("report", help="write the HTML report", formatter_class=fmt)
+    rp.add_argument("store", help="the experiment's store file or URL")
+    rp.add_argument("-o", "--output", help="HTML file to write (default: beside the store)")
     rp.set_defaults(fn=cmd_report)
 
-    ex = sub.add_parser("export", help="the best lineage's schedule as JSON or CSV")
-    ex.add_argument("store")
-    ex.add_argument("--format", choices=("json", "csv"), default="json")
+    ex = sub.add_parser("export", help="the best lineage's schedule as JSON or CSV, or its "
+                        "weights", formatter_class=fmt)
+    ex.add_argument("store", help="the experiment's store file or URL")
+    ex.add_argument("--format", choices=("json", "csv"), default="json",
+                    help="format of the schedule")
     ex.add_argument("--member", type=int, help="another member than the best")
-    ex.add_argument("-o", "--output")
+    ex.add_argument("--checkpoint", metavar="DIR",
+                    help="copy the member's trained weights (its checkpoint folder) to DIR")
+    ex.add_argument("-o", "--output", help="file to write the schedule to (default: stdout)")
     ex.set_defaults(fn=cmd_export)
 
-    ck = sub.add_parser("check", help="verify the store's invariants")
-    ck.add_argument("store")
+    ck = sub.add_parser("check", help="verify the store's invariants (read-only)",
+                        formatter_class=fmt)
+    ck.add_argument("store", help="the experiment's store file or URL")
     ck.set_defaults(fn=cmd_check)
 
-    b = sub.add_parser("bench", help="benchmarks that print their figures")
-    b.add_argument("name")
+    c = sub.add_parser("compare", help="FIRE PBT, PBT, random search and fixed schedules on "
+                       "your task, at equal worker budget, over several seeds (resumable)",
+                       formatter_class=fmt)
+    c.add_argument("task", help="file.py:Name, module:Name or a built-in task")
+    c.add_argument("--methods", default="fire,pbt,random",
+                   help="comma-separated, among fire, pbt, random")
+    c.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 of every method")
+    c.add_argument("--workers", type=int, default=22,
+                   help="each method's worker budget (FIRE: members + evaluators)")
+    c.add_argument("--baseline", action="append", default=[],
+                   help="a fixed schedule, e.g. 'lr=cosine(0.1)' or 'lr=step(1,0.1,0.5,0.75)' "
+                   "(constant, cosine, linear, step); repeat for several")
+    c.add_argument("--out", default="runs/compare",
+                   help="folder for the runs, compare.html and compare.json")
+    c.add_argument("--space", help="search space (default: the task's SPACE)")
+    c.add_argument("--steps", type=int, help="training steps per member (task DEFAULTS)")
+    c.add_argument("--interval", type=int, help="steps between ready points (task DEFAULTS)")
+    c.add_argument("--eval-every", type=int, help="steps between curve points")
+    c.add_argument("--processes", type=int, default=2, help="worker processes per run")
+    c.add_argument("--executor", choices=("process", "inprocess"), default="process",
+                   help="process: worker processes; inprocess: one process")
+    c.add_argument("--mode", choices=("async", "sync"), default="async",
+                   help="async: decide at each member's ready point; sync: in rounds")
+    c.add_argument("--metric", help="name of the metric (default: the task's METRIC)")
+    c.add_argument("--metric-mode", choices=("max", "min"),
+                   help="whether higher (max) or lower (min) is better")
+    c.set_defaults(fn=cmd_compare)
+
+    b = sub.add_parser("bench", help="benchmarks that print their figures",
+                       formatter_class=fmt)
+    b.add_argument("name", help=f"one of: {_bench_names()}")
     b.add_argument("--json", action="store_true", help="print one JSON object last")
-    b.add_argument("--preset", choices=("quick", "full"), default="quick")
-    b.add_argument("--seeds", type=int)
+    b.add_argument("--preset", choices=("quick", "full"), default="quick",
+                   help="size of the comparison benchmarks")
+    b.add_argument("--seeds", type=int, help="seeds (overrides the preset)")
     b.set_defaults(fn=cmd_bench)
 
-    d = sub.add_parser("demo", help="the README's main job: FIRE PBT vs PBT, then a report")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--workers", type=int, default=2)
+    d = sub.add_parser("demo", help="the README's main job: FIRE PBT vs PBT, then a report",
+                       formatter_class=fmt)
+    d.add_argument("--out", default="runs/demo", help="folder for the stores and reports")
+    d.add_argument("--workers", type=int, default=2, help="parallel worker processes")
     d.add_argument("--quick", action="store_true", help="a smaller run (for tests)")
     d.set_defaults(fn=cmd_demo)
 
-    db = sub.add_parser("dashboard", help="a live web view of one or more runs (read-only)")
+    db = sub.add_parser("dashboard", help="a live web view of one or more runs (read-only)",
+                        formatter_class=fmt)
     db.add_argument("stores", nargs="+", metavar="STORE", help="store files or URLs")
-    db.add_argument("--port", type=int, default=8000)
+    db.add_argument("--port", type=int, default=8000, help="port to serve on")
     db.add_argument("--host", help="address to bind (default 127.0.0.1; another one exposes "
                     "the dashboard to the network, with a warning)")
     db.add_argument("--poll", type=float, default=2.0, help="seconds between page refreshes")
     db.set_defaults(fn=cmd_dashboard)
     return p
+
+
+def _bench_names() -> str:
+    from firepbt.bench import BENCHES
+
+    return ", ".join(BENCHES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -317,6 +536,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     fn: Callable[[argparse.Namespace], int] = args.fn
     try:
         return fn(args)
+    except RunFailed as exc:
+        store = getattr(args, "store", None)
+        hint = f"\nsee: firepbt status {store} --failures" if store and "://" not in store else ""
+        print(f"firepbt: run failed: {exc}{hint}", file=sys.stderr)
+        return 1
     except FirePBTError as exc:
         print(f"firepbt: error: {exc}", file=sys.stderr)
         return 2
@@ -325,6 +549,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nfirepbt: stopped; the store is resumable: firepbt resume {store}",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `firepbt status STORE | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

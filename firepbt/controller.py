@@ -9,6 +9,7 @@ from their recorded start checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -44,7 +45,7 @@ from firepbt.algorithms.base import (
     require,
 )
 from firepbt.checkpoints import CheckpointDir, collectable
-from firepbt.errors import ConfigError, ExperimentLocked
+from firepbt.errors import ConfigError, ExperimentLocked, RunFailed
 from firepbt.executors.base import Executor
 from firepbt.faults import crash_point
 from firepbt.space import Space, explore
@@ -67,7 +68,7 @@ from firepbt.store.base import (
     Store,
     WorkerRecord,
 )
-from firepbt.trainable import SegmentResult, SegmentSpec
+from firepbt.trainable import Metric, SegmentResult, SegmentSpec
 
 log = logging.getLogger("firepbt")
 
@@ -199,6 +200,7 @@ class Controller:
         initial: Sequence[Mapping[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
         on_event: Callable[[Controller], None] | None = None,
+        experiment_info: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
@@ -216,7 +218,8 @@ class Controller:
                         f"store {store.url!r} holds no experiment: space, algorithm and "
                         "config are needed to start one"
                     )
-                self._create(task_ref, space, algorithm, config, init_space or space, initial)
+                self._create(task_ref, space, algorithm, config, init_space or space, initial,
+                             experiment_info or {})
             else:
                 self._load(existing, task_ref, space, algorithm, config)
         except BaseException:
@@ -257,9 +260,11 @@ class Controller:
         config: RunConfig,
         init_space: Space,
         initial: Sequence[Mapping[str, Any]] | None,
+        experiment_info: Mapping[str, Any],
     ) -> None:
         validate_run(space, algorithm, config, initial)
         self.space, self.algorithm, self.config = space, algorithm, config
+        self.metric = Metric.of(experiment_info.get("metric"))
         self.rng = np.random.default_rng(config.seed)
         self.tick = 0
         self.workers: dict[int, WorkerRecord] = {}
@@ -274,6 +279,7 @@ class Controller:
                     "algorithm": algorithm.to_config(),
                     "config": config.to_json(),
                     "created": self.clock(),
+                    **experiment_info,
                 }
             )
             members = 0
@@ -314,12 +320,13 @@ class Controller:
             if given is not None and _as_json(given) != _as_json(stored):
                 raise ConfigError(
                     f"store {self.store.url!r} holds an experiment with different {what}: "
-                    f"stored {_as_json(stored)}, given {_as_json(given)}; resume without "
+                    f"{differences(_as_json(stored), _as_json(given))}; resume without "
                     "passing them, or use a new store"
                 )
         if space is not None and space.to_json() != stored_space.to_json():
             raise ConfigError(
-                f"store {self.store.url!r} holds an experiment with a different search space"
+                f"store {self.store.url!r} holds an experiment with a different search space: "
+                f"{differences(stored_space.to_json(), space.to_json())}; use a new store"
             )
         if task_ref is not None and existing.get("task") not in (None, task_ref):
             raise ConfigError(
@@ -327,6 +334,7 @@ class Controller:
                 f"not {task_ref!r}"
             )
         self.space, self.algorithm, self.config = stored_space, stored_alg, stored_cfg
+        self.metric = Metric.of(existing.get("metric"))
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = self.store.get_state("rng")
         self.tick = int(self.store.get_state("tick", 0))
@@ -358,7 +366,8 @@ class Controller:
         self._halted: str | None = None
         self._warned_invalid: set[int] = set()
         self._seeds: dict[int, int] = {}
-        self.inflight: set[int] = set()
+        self.inflight: set[int] = set()  # submitted to the executor, result not yet handled
+        self._cancelled: set[int] = set()  # in flight, but cancelled: their result is void
         self.waiting: set[int] = set()
         if self.config.mode == "sync":
             # Not stored: in a synchronous round the workers that finished their segment wait
@@ -422,6 +431,15 @@ class Controller:
             # `firepbt status` that someone stopped the run on purpose.
             self.store.put_state("status", "stopped")
             raise
+        except Exception as exc:
+            # The store stays resumable, but must not keep saying "running" (a deliberate stop,
+            # such as a full disk, has set its own status already).
+            with contextlib.suppress(Exception):
+                if self.store.get_state("status") == "running":
+                    self.store.put_state("status", "failed" if isinstance(exc, RunFailed)
+                                         else "crashed")
+                    self.store.put_state("error", traceback.format_exc())
+            raise
         finally:
             try:
                 self.close()
@@ -443,10 +461,11 @@ class Controller:
         return done, len(members) * self.config.steps
 
     def best(self) -> tuple[int, float] | None:
-        """The P1 member with the highest latest metric, and that metric."""
+        """The P1 member with the best latest metric, and its fitness (the metric, negated
+        when lower is better)."""
         best: tuple[int, float] | None = None
         for w in self.workers.values():
-            if w.role == MEMBER and w.subpop == 1:
+            if w.role == MEMBER and w.subpop == 1 and w.status != FAILED:
                 f = self._views[w.id].last_metric()
                 if f is not None and (best is None or f > best[1]):
                     best = (w.id, f)
@@ -500,8 +519,11 @@ class Controller:
             self.store.put_segment(replace(self.segs.pop(sid), status=CANCELLED))
             if sid in self.pending:
                 self.pending.remove(sid)
-            # An in-flight result will find no segment and be rejected as stale.
-            self.inflight.discard(sid)
+            elif sid in self.inflight:
+                # The executor still runs it and holds its slot until the result comes back:
+                # it stays in flight (so dispatch never submits beyond capacity), and its result,
+                # finding no segment, is dropped quietly as expected.
+                self._cancelled.add(sid)
         self.waiting.discard(wid)
 
     def _dispatch(self) -> None:
@@ -531,6 +553,7 @@ class Controller:
                 save_checkpoint=seg.to_checkpoint,
                 checkpoint_root=str(self.ckpt.root),
                 timeout_s=self.config.segment_timeout_s,
+                metric=self.metric.name,
             )
             self.inflight.add(sid)
             self.executor.submit(spec)
@@ -539,10 +562,15 @@ class Controller:
         seg = self.segs.get(r.segment)
         self.inflight.discard(r.segment)
         if seg is None or seg.epoch != r.epoch:
-            log.warning(
-                "rejected a stale result for worker %d segment %d (epoch %d)",
-                r.worker, r.segment, r.epoch,
-            )
+            if r.segment in self._cancelled:
+                self._cancelled.discard(r.segment)
+                log.debug("dropped the result of cancelled segment %d (worker %d)",
+                          r.segment, r.worker)
+            else:
+                log.warning(
+                    "rejected a stale result for worker %d segment %d (epoch %d)",
+                    r.worker, r.segment, r.epoch,
+                )
             if r.checkpoint_path is not None and not self._recorded(r.checkpoint_path):
                 # Written under the old lease and never committed: nobody can refer to it. A
                 # duplicate delivery of a committed result must keep its checkpoint, though.
@@ -594,8 +622,12 @@ class Controller:
         del self._seg_of[seg.worker]
         self._new_checkpoints += 1
         w = self.workers[seg.worker]
-        self.workers[w.id] = replace(w, step=r.end_step, checkpoint=seg.to_checkpoint)
-        self.curves[w.id].extend(v for _, v in r.points)
+        # ``failures`` counts failed attempts since the worker last completed a segment.
+        self.workers[w.id] = replace(w, step=r.end_step, checkpoint=seg.to_checkpoint,
+                                     failures=0)
+        # The store keeps the task's values; curves hold fitness (higher is better).
+        sign = self.metric.sign
+        self.curves[w.id].extend(None if v is None else sign * v for _, v in r.points)
         self._touch(w.id)
         self._ready(w.id)
 
@@ -604,7 +636,8 @@ class Controller:
         attempts = seg.attempts + 1
         self.workers[w.id] = w = replace(w, failures=w.failures + 1)
         self._dirty.add(w.id)
-        self._event("failure", w.id, seg.start_step, info={"attempt": attempts, "error": error})
+        self._event("failure", w.id, seg.start_step,
+                    info={"segment": seg.id, "attempt": attempts, "error": error})
         log.warning("worker %d failed segment %d (attempt %d): %s", w.id, seg.id, attempts,
                     error.strip().splitlines()[-1] if error.strip() else error)
         if _disk_full(error):
@@ -633,6 +666,10 @@ class Controller:
         del self._seg_of[seg.worker]
         if w.role == EVALUATOR:
             self._apply(StopEvaluator(w.id, "failed"))
+        elif w.failures >= 2 * self.config.max_failures:
+            # It failed again after a replacement from a donor: replacing it once more would
+            # loop for ever on a task that cannot train it. It stays failed.
+            self._give_up(w, error)
         else:
             self._replace_failed(w, error)
         # The failed segment may have been the last of a synchronous round: the workers that
@@ -648,9 +685,7 @@ class Controller:
             and self._views[p.id].last_metric() is not None
         ]
         if not peers:
-            self.workers[w.id] = replace(w, status=FAILED)
-            self._touch(w.id)
-            self._event("failed", w.id, w.step, info={"error": error})
+            self._give_up(w, error)
             return
         donor = max(peers, key=lambda p: (self._views[p.id].last_metric(), -p.id))
         new_hp, ops = explore(self.space, donor.hparams, self.rng,
@@ -661,9 +696,12 @@ class Controller:
             "replace", w.id, donor.step, donor=donor.id, donor_checkpoint=donor.checkpoint,
             old_hparams=w.hparams, new_hparams=new_hp, info={"ops": ops, "error": error},
         )
-        self.workers[w.id] = replace(self.workers[w.id], failures=0)
-        self._touch(w.id)
         self._schedule(w.id)
+
+    def _give_up(self, w: WorkerRecord, error: str) -> None:
+        self.workers[w.id] = replace(w, status=FAILED)
+        self._touch(w.id)
+        self._event("failed", w.id, w.step, info={"error": error})
 
     def _ready(self, wid: int) -> None:
         w = self.workers[wid]
@@ -702,9 +740,11 @@ class Controller:
             tables=self._snapshot_tables(),
         )
         for k, table in sorted((snapshot.tables or {}).items()):
-            # NaN-like fitness never donates, so nobody can exploit: say why, once per run.
+            # NaN-like fitness never donates, so nobody can exploit: say why, once per run,
+            # but only once every member has reported (not at a healthy run's start).
             if (k not in self._warned_invalid and len(table.values)
-                    and np.isnan(table.values).all()):
+                    and np.isnan(table.values).all()
+                    and all(self.workers[int(i)].step > 0 for i in table.ids)):
                 self._warned_invalid.add(k)
                 log.warning("sub-population %d: no member has a valid fitness (NaN, inf, "
                             "None or non-numeric); no exploit until one has", k)
@@ -925,9 +965,24 @@ class Controller:
                 log.warning("could not delete checkpoint %s: %s", path, exc)
 
     def _finish(self) -> None:
-        if self.store.get_state("status") != "finished":
+        # Nothing failed reports success: a run whose members all end without a valid
+        # fitness has no answer, however cleanly its loop ended.
+        status = "finished" if self.best() is not None else "failed"
+        if self.store.get_state("status") != status:
             with self.store.transaction():
-                self.store.put_state("status", "finished")
+                self.store.put_state("status", status)
+
+
+def differences(stored: Any, given: Any, prefix: str = "") -> str:
+    """The keys whose values differ, as 'key: stored X, given Y' (nested keys dotted)."""
+    if isinstance(stored, Mapping) and isinstance(given, Mapping):
+        parts = [
+            differences(stored.get(k), given.get(k), f"{prefix}{k}.")
+            for k in sorted(set(stored) | set(given), key=str)
+            if stored.get(k) != given.get(k)
+        ]
+        return "; ".join(p for p in parts if p)
+    return f"{prefix.rstrip('.')}: stored {stored!r}, given {given!r}"
 
 
 def _disk_full(error: str) -> bool:

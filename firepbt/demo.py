@@ -4,12 +4,13 @@ HTML reports."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
-from firepbt.algorithms import PBT, RandomSearch
-from firepbt.algorithms.fire import FirePBT
+from firepbt.algorithms import PBT
 from firepbt.api import run
+from firepbt.compare import compare
 from firepbt.report import write_comparison, write_report
 
 
@@ -19,8 +20,6 @@ def _fresh(path: Path) -> str:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     ckpt = path.with_suffix(".ckpt")
     if ckpt.exists():
-        import shutil
-
         shutil.rmtree(ckpt)
     return str(path)
 
@@ -30,26 +29,23 @@ def demo(out: Path, quick: bool = False, workers: int = 2) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     budget = 11 if quick else 22  # FIRE: members + evaluators; PBT and random get the same
     nqm_steps = 600 if quick else 2000
-    methods = {
-        "FIRE PBT": FirePBT(population=budget),
-        "PBT": PBT(population=budget),
-        "random search": RandomSearch(population=budget),
-    }
-    stores = {}
     print(f"1/2 noisy quadratic model, lr schedule, {budget} workers per method "
-          f"(equal worker-steps)", flush=True)
-    for label, algorithm in methods.items():
-        t0 = time.perf_counter()
-        path = _fresh(out / f"nqm-{algorithm.name}.db")
-        res = run("nqm", algorithm=algorithm, steps=nqm_steps, store=path,
-                  executor="inprocess", mode="sync", seed=0)
-        stores[label] = path
-        loss = -res.best_metric if res.best_metric is not None else float("nan")
-        print(f"  {label:>14}: final loss of the best member {loss:.4f} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+          "(equal budget), process workers in async mode as 'firepbt run' uses them", flush=True)
+    folder = out / "nqm-compare"
+    if folder.exists():  # a fresh comparison each time (compare() would resume the old one)
+        shutil.rmtree(folder)
+    summary = compare("nqm", methods=("fire", "pbt", "random"), seeds=1, workers=budget,
+                      steps=nqm_steps, baselines=("lr=step(1.0, 0.1, 0.5, 0.75)",),
+                      out=folder, processes=workers,
+                      log=lambda line: print(f"  {line}", flush=True))
+    for m in summary["methods"].values():
+        loss = -m["mean"] if m["mean"] is not None else float("nan")
+        print(f"  {m['label']:>34}: final loss {loss:.4f}", flush=True)
+    stores = {summary["methods"][m]["label"]: str(folder / f"{m}-s0.db")
+              for m in ("fire", "pbt", "random")}
     nqm_report = write_comparison(stores, out / "nqm-comparison.html",
                                   title="FIRE PBT vs PBT vs random search: NQM learning rate")
-    print(f"  report: {nqm_report}")
+    print(f"  reports: {nqm_report} and {folder / 'compare.html'}")
 
     print("2/2 Fashion-MNIST MLP (real data), PBT over lr, momentum, weight decay", flush=True)
     t0 = time.perf_counter()

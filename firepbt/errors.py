@@ -33,3 +33,12 @@ class CheckpointError(FirePBTError):
 
 class StaleResult(FirePBTError):
     """A result carries an old lease/epoch and is rejected."""
+
+
+class RunFailed(FirePBTError):
+    """A run ended without any member holding a valid fitness, or its task cannot load in a
+    worker; the message carries the first full traceback from the user's code."""
+
+
+class TaskLoadError(RunFailed):
+    """A worker process could not import the task (every segment would fail the same way)."""

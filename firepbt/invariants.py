@@ -216,9 +216,12 @@ class _Checker:
     def check_adoptions(self) -> None:
         # (worker, donor checkpoint, new hparams) -> kinds of the events that recorded it.
         recorded: dict[tuple[int, int, str], set[str]] = defaultdict(set)
+        transferred: set[int] = set()
         for e in self.events:
             if e.kind in ADOPTING_EVENTS and e.donor_checkpoint is not None:
                 recorded[(e.worker, e.donor_checkpoint, _key(e.new_hparams))].add(e.kind)
+                if e.kind == "transfer":
+                    transferred.add(e.donor_checkpoint)
 
         def explained(what: str, wid: int, cid: int, hparams: Mapping[str, Any]) -> None:
             rec = self.ckpts.get(cid)
@@ -238,6 +241,9 @@ class _Checker:
                 writer is not None and writer.role == EVALUATOR
                 and target is not None and target.role == MEMBER
                 and "transfer" not in kinds
+                # Once transferred into a member, an evaluator's checkpoint is that member's
+                # weights, and a peer may exploit it like any other member's.
+                and not ("exploit" in kinds and cid in transferred)
             ):
                 self.fail(
                     f"invariant 6: member {wid} uses evaluator {writer.id}'s checkpoint {cid} "

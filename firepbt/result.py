@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from firepbt.store.base import MEMBER, EventRecord, Store
+from firepbt.trainable import Metric
 
 LINEAGE_KINDS = ("exploit", "transfer", "replace")
 
@@ -22,6 +24,23 @@ class SchedulePiece:
     hparams: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Failure:
+    """One failed attempt at a segment: who, where, and the traceback from the task's code."""
+
+    worker: int
+    segment: int | None
+    attempt: int
+    step: int
+    error: str
+
+    @property
+    def last_line(self) -> str:
+        """The exception's last line (``ValueError: ...``), for tables."""
+        lines = self.error.strip().splitlines()
+        return lines[-1] if lines else ""
+
+
 class Result:
     """Queries over a store. Cheap to build; every method reads the store afresh."""
 
@@ -34,6 +53,11 @@ class Result:
         if exp is None:
             raise KeyError(f"store {self.store.url!r} holds no experiment")
         return exp
+
+    @property
+    def metric(self) -> Metric:
+        """The run's metric: its name and whether higher or lower is better."""
+        return Metric.of(self.experiment.get("metric"))
 
     def status(self) -> str:
         return str(self.store.get_state("status", "unknown"))
@@ -51,11 +75,12 @@ class Result:
 
     @property
     def best(self) -> int | None:
-        """The member of P1 with the highest latest metric (the run's answer)."""
+        """The member of P1 with the best latest metric (the run's answer)."""
         finals = {k: v for k, v in self.final_metrics().items() if v is not None}
         if not finals:
             return None
-        return max(finals, key=lambda k: (finals[k], -k))
+        sign = self.metric.sign
+        return max(finals, key=lambda k: (sign * finals[k], -k))
 
     @property
     def best_metric(self) -> float | None:
@@ -114,12 +139,61 @@ class Result:
     def events(self, kind: str | None = None) -> list[EventRecord]:
         return self.store.events(kind=kind)
 
+    def best_checkpoint(self, member: int | None = None) -> Path:
+        """The directory holding the trained weights of ``member`` (default: the best member),
+        as the task's ``save()`` wrote it: the task's own ``load()`` reads it. It is verified
+        against its checksum first.
+
+        Raises:
+            KeyError: no such member, or no member has a valid metric yet.
+            CheckpointError: the checkpoint is gone or fails its checksum.
+        """
+        from firepbt.checkpoints import CheckpointDir
+
+        wid = self.best if member is None else member
+        if wid is None:
+            raise KeyError(f"store {self.store.url!r} has no member with a valid metric yet")
+        w = self.store.worker(wid)
+        if w.checkpoint is None:
+            raise KeyError(f"worker {wid} has not written a checkpoint yet")
+        rec = self.store.checkpoint(w.checkpoint)
+        path = Path(rec.path)
+        CheckpointDir(path.parent).verify(path, rec.checksum)
+        return path
+
+    def failures(self) -> list[Failure]:
+        """Every failed segment attempt, oldest first."""
+        return [
+            Failure(e.worker, e.info.get("segment"), int(e.info.get("attempt", 1)), e.step,
+                    str(e.info.get("error", "")))
+            for e in self.store.events(kind="failure")
+        ]
+
+    def failure(self) -> str | None:
+        """Why the run failed as a whole, or None: a run fails when it ended with no member
+        holding a valid fitness. The message shows the first full traceback from the task."""
+        if self.status() != "failed":
+            return None
+        failures = self.failures()
+        members = [w for w in self.store.workers() if w.role == MEMBER]
+        if not failures:
+            return (f"no member of {len(members)} ended with a valid fitness: every value the "
+                    "task's evaluate() returned was NaN, inf, None or not a number")
+        first = failures[0]
+        failed = len({f.worker for f in failures})
+        return (
+            f"no member ended with a valid fitness; {failed} of {len(members)} members failed "
+            f"({len(failures)} failed segment attempts). First failure, worker {first.worker} "
+            f"segment {first.segment} attempt {first.attempt}:\n{first.error.rstrip()}"
+        )
+
     def summary(self) -> dict[str, Any]:
         exp = self.experiment
         best = self.best
         return {
             "status": self.status(),
             "algorithm": exp["algorithm"]["name"],
+            "metric": self.metric.describe(),
             "best": best,
             "best_metric": self.best_metric,
             "exploits": len(self.store.events(kind="exploit")),

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firepbt.errors import ConfigError
+
 
 class Trainable(ABC):
     """Subclass this to plug a training loop into firepbt.
@@ -78,6 +80,7 @@ class SegmentSpec:
     save_checkpoint: int  # id of the checkpoint to write at the end
     checkpoint_root: str
     timeout_s: float | None = None
+    metric: str | None = None  # the key of the fitness when evaluate() returns a dict
 
 @dataclass(frozen=True)
 class SegmentResult:
@@ -92,6 +95,68 @@ class SegmentResult:
     checksum: str | None
     error: str | None = None  # traceback text when user code raised
     wall_s: float = 0.0
+
+
+METRIC_MODES = ("max", "min")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What the task's ``evaluate()`` measures: a name, and whether higher or lower is better.
+
+    ``evaluate()`` may return one number, or a dict of named numbers of which ``name`` is the
+    fitness. Stores and reports keep the values as the task reported them; ranking inside the
+    engine turns a "min" metric around, so a loss needs no negating.
+    """
+
+    name: str = "fitness"
+    mode: str = "max"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"metric name={self.name!r}: must be a non-empty string")
+        if self.mode not in METRIC_MODES:
+            raise ConfigError(f"metric mode={self.mode!r}: must be one of "
+                              f"{', '.join(METRIC_MODES)} (is higher or lower better?)")
+
+    @property
+    def sign(self) -> float:
+        """+1 where higher is better, -1 where lower is: fitness = sign x value."""
+        return 1.0 if self.mode == "max" else -1.0
+
+    def describe(self) -> str:
+        return f"{self.name} ({'higher' if self.mode == 'max' else 'lower'} is better)"
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "mode": self.mode}
+
+    @staticmethod
+    def of(value: Any) -> Metric:
+        """A Metric from a Metric, a name, a ``to_json()`` dict or None (the default)."""
+        if value is None:
+            return Metric()
+        if isinstance(value, Metric):
+            return value
+        if isinstance(value, str):
+            return Metric(value)
+        if isinstance(value, dict):
+            return Metric(**value)
+        raise ConfigError(f"metric={value!r}: must be a name or fp.Metric(name, mode)")
+
+
+def pick_metric(value: Any, key: str | None) -> Any:
+    """The fitness out of what ``evaluate()`` returned: the number, or ``value[key]``.
+
+    Raises:
+        KeyError: a dict without ``key`` (the message names it and the keys it has).
+    """
+    if not isinstance(value, dict):
+        return value
+    name = key or "fitness"
+    if name not in value:
+        raise KeyError(f"evaluate() returned the metrics {sorted(value)} but not {name!r}, the "
+                       "run's metric: return it, or set the metric name (metric= / --metric)")
+    return value[name]
 
 
 def as_metric(value: Any) -> float | None:
@@ -205,12 +270,45 @@ class FunctionTrainable(Trainable):
         self._from_fn = queue.Queue()
 
 
+#: The methods a task class must define (``set_hparams`` has a default).
+TRAINING_METHODS = ("setup", "train", "evaluate", "save", "load")
+
+
 def make_trainable_class(obj: Any) -> type[Trainable]:
-    """Return a Trainable subclass for a Trainable subclass or a training function."""
-    if inspect.isclass(obj) and issubclass(obj, Trainable):
-        return obj
+    """Return a Trainable subclass for a Trainable subclass or a training function.
+
+    A class that defines the training methods without subclassing :class:`Trainable` is
+    accepted as a class trainable; any other class is refused (a class is callable, and
+    taking it for a training function made every segment fail with "takes no arguments").
+
+    Raises:
+        ConfigError: ``obj`` is a class without the training methods, or not callable.
+    """
+    if inspect.isclass(obj):
+        if issubclass(obj, Trainable):
+            return obj
+        missing = [m for m in TRAINING_METHODS if not callable(getattr(obj, m, None))]
+        if missing:
+            raise ConfigError(
+                f"task class {obj.__qualname__!r} lacks {', '.join(missing)}: a task class "
+                "must subclass firepbt.Trainable (or define setup, train, evaluate, save and "
+                "load); a training function must be a function fn(hparams, checkpoint, report)"
+            )
+        return _as_trainable(obj)
     if callable(obj):
         fn = obj
         return type(f"Function[{getattr(fn, '__name__', 'fn')}]", (FunctionTrainable,),
                     {"fn": staticmethod(fn)})
-    raise TypeError(f"task {obj!r} is neither a Trainable subclass nor a function")
+    raise ConfigError(f"task {obj!r} is neither a Trainable subclass nor a function")
+
+
+def _as_trainable(cls: type) -> type[Trainable]:
+    """A Trainable subclass of a class that has the training methods but not the base."""
+
+    def __init__(self: Trainable) -> None:
+        Trainable.__init__(self)
+        cls.__init__(self)  # type: ignore[misc]
+
+    return type(cls.__name__, (cls, Trainable),
+                {"__init__": __init__, "__module__": cls.__module__,
+                 "__qualname__": cls.__qualname__})

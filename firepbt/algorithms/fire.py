@@ -228,11 +228,13 @@ class FirePBT(Algorithm):
         """Refuse run settings under which FIRE cannot work (ConfigError)."""
         points = interval // eval_every
         need = curves.min_points_to_pass(self.p_stat)
+        fix = (f"use eval_every <= {interval // need}" if interval >= need else
+               f"use interval >= {need} (with eval_every = 1, or interval / eval_every >= {need})")
         require(
             points >= need,
             f"eval_every={eval_every} with interval={interval} records {points} curve points "
             f"per interval, but the sign test at p_stat={self.p_stat} needs >= {need} aligned "
-            f"points: the sign test can never pass; use eval_every <= {interval // need}",
+            f"points: the sign test can never pass; {fix}",
         )
         warmup = self.warmup_steps(interval)
         require(

@@ -144,12 +144,15 @@ class PBT(Algorithm):
             top = table.top(n_q)
             if len(top) == 0 or member.id in top:
                 return None
-            return int(top[int(rng.integers(len(top)))])
+            donors = [int(i) for i in top if _can_donate(snapshot, int(i))]
+            if not donors:
+                return None
+            return donors[int(rng.integers(len(donors)))]
         # tournament and ttest: one random peer
         others = [int(i) for i in table.ids if i != member.id]
         rival = others[int(rng.integers(len(others)))]
         rival_view = snapshot.workers[rival]
-        if rival_view.checkpoint is None:
+        if not _can_donate(snapshot, rival):
             return None
         idx = {int(i): j for j, i in enumerate(table.ids)}
         mine, theirs = table.values[idx[member.id]], table.values[idx[rival]]
@@ -173,6 +176,17 @@ class PBT(Algorithm):
             return a[0] > b[0]
         p = stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
         return bool(p < self.ttest_p)
+
+
+def _can_donate(snapshot: Snapshot, worker: int) -> bool:
+    """Whether ``worker``'s checkpoint can be copied: it exists and has steps left to train.
+
+    A member at its last ready point that copied a finished donor would end holding weights
+    it never trained, reported with explored hyperparameters that were never used (fire-pbt.md
+    section 12: the answer's hyperparameters are those its last segment trained with).
+    """
+    view = snapshot.workers[worker]
+    return view.checkpoint is not None and view.step < snapshot.total_steps
 
 
 def explore_to_config(cfg: ExploreConfig) -> dict[str, Any]:

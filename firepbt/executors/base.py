@@ -32,6 +32,15 @@ class Executor(ABC):
     def submit(self, spec: SegmentSpec) -> None:
         """Queue a segment; the caller never submits more than ``capacity`` in flight."""
 
+    def _require_free_slot(self, in_flight: int) -> None:
+        """Every executor enforces the capacity contract, so that a controller that breaks it
+        fails in the fast deterministic tests too, not only on real worker processes."""
+        if in_flight >= self.capacity:
+            raise RuntimeError(
+                f"submit() beyond capacity: {in_flight} segments already in flight, "
+                f"capacity {self.capacity}"
+            )
+
     @abstractmethod
     def poll(self, timeout: float | None) -> list[SegmentResult]:
         """Wait up to ``timeout`` seconds for finished segments and return them.

@@ -195,6 +195,7 @@ class BatchedExecutor(Executor):
             self._task = self.task_cls()
 
     def submit(self, spec: SegmentSpec) -> None:
+        self._require_free_slot(len(self._queue))
         self._queue.append(spec)
 
     def cancel(self, worker: int) -> None:

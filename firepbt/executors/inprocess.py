@@ -32,6 +32,7 @@ class InProcessExecutor(Executor):
             self._state = WorkerState(resolve_task(self._task))
 
     def submit(self, spec: SegmentSpec) -> None:
+        self._require_free_slot(len(self._queue))
         self._queue.append(spec)
 
     def poll(self, timeout: float | None) -> list[SegmentResult]:

@@ -15,15 +15,25 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from firepbt.errors import TaskLoadError
 from firepbt.executors.base import Executor
 from firepbt.trainable import SegmentResult, SegmentSpec
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: Set in every worker process, so that a task file calling ``fp.run`` at import time (no
+#: ``if __name__ == "__main__":`` guard) is refused with one clear error.
+WORKER_ENV = "FIREPBT_WORKER_PROCESS"
+MAIN_GUARD_HINT = (
+    "worker processes import the script that calls fp.run(), so the call must go under "
+    "'if __name__ == \"__main__\":'"
+)
 
 
 def _worker_main(conn: Connection, task_ref: str, threads: int, env: dict[str, str]) -> None:
@@ -34,11 +44,20 @@ def _worker_main(conn: Connection, task_ref: str, threads: int, env: dict[str, s
     os.environ.update(env)
     for var in _THREAD_ENV:
         os.environ[var] = str(threads)
-    import sys
+    os.environ[WORKER_ENV] = "1"  # fp.run() refuses to start inside a worker (no main guard)
+    # Ctrl-C in the terminal reaches the whole process group: the controller stops the
+    # workers itself, so a worker must not die printing its own KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import traceback
 
     from firepbt.executors.worker import WorkerState, resolve_task
 
-    state = WorkerState(resolve_task(task_ref))
+    try:
+        state = WorkerState(resolve_task(task_ref))
+    except BaseException:  # noqa: BLE001 - every segment would fail alike: tell the parent once
+        conn.send(("fatal", traceback.format_exc()))
+        return
+    conn.send(("ready", None))
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     while True:
@@ -69,6 +88,7 @@ class _Slot:
     spec: SegmentSpec | None = None
     started: float = 0.0
     running: bool = False  # the worker reported that it started the segment
+    ready: bool = False  # the worker loaded the task
 
     def deadline(self, timeout_s: float) -> float:
         return self.started + timeout_s + (0.0 if self.running else STARTUP_GRACE_S)
@@ -155,8 +175,7 @@ class LocalExecutor(Executor):
     def submit(self, spec: SegmentSpec) -> None:
         self.start()
         free = [i for i, s in enumerate(self._slots) if s.spec is None]
-        if not free:
-            raise RuntimeError("submit() beyond capacity")
+        self._require_free_slot(len(self._slots) - len(free))
         last = self._last_slot.get(spec.worker)
         i = last if last in free else free[0]
         slot = self._slots[i]
@@ -214,8 +233,16 @@ class LocalExecutor(Executor):
             try:
                 while slot.conn.poll():
                     kind, payload = slot.conn.recv()
-                    if kind == "started":
+                    if kind == "ready":
+                        slot.ready = True
+                    elif kind == "started":
                         slot.started, slot.running = time.monotonic(), True
+                    elif kind == "fatal":
+                        cause = payload.strip().splitlines()[-1]
+                        raise TaskLoadError(
+                            f"worker processes cannot load the task {self.task_ref!r}: "
+                            f"{cause}\n\n{payload}"
+                        )
                     else:
                         slot.spec = None
                         return payload
@@ -229,6 +256,13 @@ class LocalExecutor(Executor):
             if code is None:
                 slot.process.join(timeout=5)
                 code = slot.process.exitcode
+            if not slot.ready:
+                # It died before loading the task: every new worker would die the same way.
+                raise TaskLoadError(
+                    f"a worker process exited while starting (exit code {code}) before it "
+                    f"could load the task {self.task_ref!r}; its error is printed above"
+                    + (f". {MAIN_GUARD_HINT}" if self._task_is_main_script() else "")
+                )
             return self._fail(i, f"worker process died (exit code {code})")
         if (
             self.segment_timeout_s is not None
@@ -236,6 +270,13 @@ class LocalExecutor(Executor):
         ):
             return self._fail(i, f"segment timed out after {self.segment_timeout_s:g} s")
         return None
+
+    def _task_is_main_script(self) -> bool:
+        """Whether the task lives in the script being run (which workers import again)."""
+        main = getattr(sys.modules.get("__main__"), "__file__", None)
+        where = self.task_ref.rsplit(":", 1)[0]
+        return main is not None and where.endswith(".py") and (
+            os.path.realpath(main) == os.path.realpath(where))
 
     def cancel(self, worker: int) -> None:
         i = self._last_slot.pop(worker, None)

@@ -44,6 +44,7 @@ class SimulatedExecutor(Executor):
         pass
 
     def submit(self, spec: SegmentSpec) -> None:
+        self._require_free_slot(len(self._queue))
         self._queue.append(spec)
 
     def poll(self, timeout: float | None) -> list[SegmentResult]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from firepbt.checkpoints import CheckpointDir
 from firepbt.faults import crash_point
-from firepbt.trainable import SegmentResult, SegmentSpec, Trainable, as_metric
+from firepbt.trainable import SegmentResult, SegmentSpec, Trainable, as_metric, pick_metric
 
 
 @dataclass
@@ -74,7 +74,7 @@ class WorkerState:
                 t.train(nxt - step)
                 step = nxt
                 crash_point("worker.mid_segment")
-                points.append((step, as_metric(t.evaluate())))
+                points.append((step, as_metric(pick_metric(t.evaluate(), spec.metric))))
             crash_point("worker.before_save")
             path, checksum = self._dir(spec.checkpoint_root).write(
                 spec.save_checkpoint, t.save, checkpoint_tags(spec)

@@ -187,3 +187,21 @@ def test_valid_minus_infinity_ranks_above_invalid_members() -> None:
     table = FitnessTable.build([1, 2, 3], [None, -math.inf, 0.0])
     assert [table.position(i) for i in (3, 2, 1)] == [0, 1, 2]
     assert table.top(3).tolist() == [3, 2]
+
+
+@pytest.mark.parametrize("rule", ["truncation", "tournament"])
+def test_a_finished_member_never_donates_at_a_last_ready_point(rule: str) -> None:
+    # Members 6 and 7 lead but have trained all 1,000 steps: copying them at step 950 would
+    # leave member 0 holding weights it never trained, reported with unused hyperparameters.
+    workers = [member(i, float(i), step=950) for i in range(6)]
+    workers += [member(6, 6.0, step=1000), member(7, 7.0, step=1000)]
+    alg = PBT(population=8, exploit=rule)
+    for s in range(40):
+        d = decide_one(alg, snapshot(workers, [0]), s)
+        assert isinstance(d, Continue) or d.donor < 6
+
+
+def test_a_donor_with_steps_left_is_still_copied_when_the_other_finished() -> None:
+    workers = [member(i, float(i), step=950) for i in range(7)] + [member(7, 7.0, step=1000)]
+    donors = {decide_one(PBT(population=8), snapshot(workers, [0]), s).donor for s in range(40)}
+    assert donors == {6}

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from rel_helpers import assert_invariants
 
-from firepbt import PBT, run
+from firepbt import PBT, Result, run
 from firepbt.algorithms.base import Decision, Exploit, Snapshot
 from firepbt.algorithms.fire import FirePBT
+from firepbt.errors import RunFailed
 from firepbt.executors.inprocess import InProcessExecutor
 from firepbt.store import EVALUATOR, MemoryStore
 from firepbt.tasks.toys import DeceptiveToy, QuadraticToy
@@ -185,8 +186,13 @@ def test_all_invalid_fitness_means_no_exploit_and_a_warning(
 ) -> None:
     BadFitness.BAD[:] = [math.nan]
     BadFitness.ALL[:] = [True]
-    with caplog.at_level(logging.WARNING, logger="firepbt"):
-        res = quick(task=BadFitness)
+    store = MemoryStore()
+    # A run that ends with no valid fitness anywhere has no answer: it fails (issue 8).
+    with caplog.at_level(logging.WARNING, logger="firepbt"), \
+            pytest.raises(RunFailed, match="NaN, inf, None or not a number"):
+        quick(task=BadFitness, store=store)
+    res = Result(store)
+    assert res.status() == "failed"
     assert res.events("exploit") == []
     assert any("no member has a valid fitness" in m for m in caplog.messages)
     assert all(w.step == 40 for w in res.store.workers())

@@ -1,0 +1,125 @@
+"""Every algorithm on every executor, in both modes, with fewer workers than members and as many.
+
+FIRE once crashed on process workers in async mode (the CLI's defaults) while every test ran it
+in-process and synchronously: this matrix runs each combination to the end through the public
+``run()`` and then checks what a user relies on:
+
+* the run finished, and ``firepbt check`` finds nothing wrong in the store;
+* every member that finished holds weights trained with the hyperparameters it reports
+  (never a donor's final checkpoint with explored values it never used);
+* FIRE really ran its evaluators.
+
+An executor added later joins ``EXECUTORS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from firepbt import PBT, FirePBT, RandomSearch, run
+from firepbt.algorithms import Algorithm
+from firepbt.executors.base import Executor
+from firepbt.executors.batched import BatchedExecutor, BatchedTrainable
+from firepbt.executors.inprocess import InProcessExecutor
+from firepbt.invariants import check_store
+from firepbt.store.base import DONE, EVALUATOR, MEMBER
+from firepbt.tasks.toys import DeceptiveToy
+
+TASK = "firepbt.tasks.toys:DeceptiveToy"
+STEPS, INTERVAL, EVAL_EVERY = 300, 20, 2  # 14 ready points: long enough for FIRE transfers
+
+ALGORITHMS: dict[str, Callable[[], Algorithm]] = {
+    "pbt-truncation": lambda: PBT(population=6, quantile=0.34),
+    "pbt-tournament": lambda: PBT(population=6, exploit="tournament"),
+    "pbt-ttest": lambda: PBT(population=6, exploit="ttest", fitness_window=4),
+    "fire-n2": lambda: FirePBT(population=8, subpop_sizes=(3, 3), smoother="ema"),
+    "fire-n3": lambda: FirePBT(population=9, subpop_sizes=(2, 2, 3), smoother="ema"),
+    "random": lambda: RandomSearch(population=6),
+}
+
+
+class BatchedDeceptive(BatchedTrainable):
+    """K deceptive toys in one object: lets the batched executor's scheduling run the matrix
+    on the same task as the others (the stacking itself is tested in tests/executors)."""
+
+    def setup(self, hparams_list: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> None:
+        self.slots = []
+        for hp, seed in zip(hparams_list, seeds, strict=True):
+            toy = DeceptiveToy()
+            toy.setup(hp, seed)
+            self.slots.append(toy)
+        self.hparams = [dict(h) for h in hparams_list]
+        self.seeds = list(seeds)
+
+    def train(self, steps: int) -> None:
+        for toy in self.slots:
+            toy.train(steps)
+
+    def evaluate(self) -> np.ndarray:
+        return np.array([toy.evaluate() for toy in self.slots])
+
+    def save(self, i: int, path: Path) -> None:
+        self.slots[i].save(path)
+
+    def load(self, i: int, path: Path) -> None:
+        self.slots[i].load(path)
+
+    def set_hparams(self, i: int, hparams: Mapping[str, Any]) -> None:
+        super().set_hparams(i, hparams)
+        self.slots[i].set_hparams(hparams)
+
+
+def _executor(kind: str, workers: int) -> str | Executor:
+    if kind == "inprocess":
+        return InProcessExecutor(TASK, capacity=workers)
+    if kind == "batched":
+        return BatchedExecutor(BatchedDeceptive, capacity=workers)
+    return kind
+
+
+EXECUTORS = ("inprocess", "process", "batched")
+CASES = [
+    pytest.param(alg, ex, mode, share, id=f"{alg}-{ex}-{mode}-{share}",
+                 marks=[pytest.mark.timeout(120)])
+    for alg in ALGORITHMS
+    for ex in EXECUTORS
+    for mode in ("sync", "async")
+    for share in ("fewer", "all")
+]
+
+
+@pytest.mark.parametrize(("alg_name", "executor", "mode", "share"), CASES)
+def test_every_algorithm_runs_to_the_end(
+    alg_name: str, executor: str, mode: str, share: str, tmp_path: Path
+) -> None:
+    algorithm = ALGORITHMS[alg_name]()
+    total = len(algorithm.topology())
+    workers = 2 if share == "fewer" else total
+    result = run(
+        TASK, algorithm=algorithm, steps=STEPS, interval=INTERVAL, eval_every=EVAL_EVERY,
+        store=str(tmp_path / "run.db"), executor=_executor(executor, workers), workers=workers,
+        mode=mode, seed=7,
+    )
+    store = result.store
+    assert result.status() == "finished"
+    assert check_store(store) == []
+    members = [w for w in store.workers() if w.role == MEMBER]
+    assert members and all(w.status == DONE and w.step == STEPS for w in members)
+    for w in members:
+        assert w.checkpoint is not None
+        trained_with = store.checkpoint(w.checkpoint).hparams
+        assert dict(trained_with) == dict(w.hparams), (
+            f"member {w.id} reports {dict(w.hparams)} but its weights were trained with "
+            f"{dict(trained_with)}"
+        )
+    assert result.best is not None and result.best_metric is not None
+    if alg_name.startswith("fire"):
+        evaluators = {w.id for w in store.workers() if w.role == EVALUATOR}
+        started = [e for e in result.events("start_evaluator") if e.worker in evaluators]
+        assert started, "FIRE ran no evaluator"
+        assert len(result.events("stop_evaluator")) == len(started)
