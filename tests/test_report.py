@@ -24,6 +24,7 @@ from firepbt.dashboard.data import (
     MAX_POINTS,
     changes_text,
     fmt,
+    overview,
     spans_decade,
 )
 from firepbt.dashboard.page import embed_json
@@ -47,6 +48,7 @@ from firepbt.store import (
     open_store,
 )
 from firepbt.tasks.toys import DeceptiveToy, QuadraticToy
+from firepbt.trainable import Metric
 
 ODD = "<lr&>"  # a hyperparameter name that must stay text
 HAS_FIRE = importlib.util.find_spec("firepbt.algorithms.fire") is not None
@@ -113,7 +115,7 @@ def test_report_of_a_pbt_run(pbt_db: str) -> None:
     assert exploits > 0  # the run must exercise the lineage views
     assert (data["best"], data["best_metric"]) == (best, best_metric)
     assert data["counts"]["exploit"] == exploits
-    assert data["metric"] == {"name": "fitness", "direction": "higher is better"}
+    assert data["metric"] == {"name": "fitness", "mode": "max", "direction": "higher is better"}
     assert data["status"] == "finished" and not data["is_fire"]
     assert data["progress"]["done"] == data["progress"]["total"] == 4 * 24
     assert [r["kind"] for r in data["lineage"]] == [e.kind for e in lineage]
@@ -183,6 +185,23 @@ def test_write_comparison(pbt_db: str, random_db: str, tmp_path: Path) -> None:
             assert (r["best"], r["best_metric"]) == (res.best, res.best_metric)
             assert r["best_curve"][1][-1] == res.best_metric
     assert runs[1]["algorithm"] == "random" and "exploit" not in runs[1]["counts"]
+
+
+def test_a_min_metric_is_named_and_ranked_lowest_first(tmp_path: Path) -> None:
+    db = str(tmp_path / "loss.db")
+    # PBT told that lower is better on the quadratic toy: the "best" member is the lowest.
+    run(QuadraticToy, quadratic_space(), PBT(population=4), steps=16, interval=4, store=db,
+        executor="inprocess", seed=0, metric=Metric("loss", "min")).store.close()
+    [data] = runs_of(write_report(db).read_text(encoding="utf-8"))
+    assert data["metric"] == {"name": "loss", "mode": "min", "direction": "lower is better"}
+    with open_store(db, create=False) as st:
+        res = Result(st)
+        finals = res.final_metrics()
+        ov = overview(st)
+        best, best_metric = res.best, res.best_metric
+    assert best is not None and finals[best] == min(v for v in finals.values() if v is not None)
+    assert (data["best"], data["best_metric"]) == (best, best_metric)
+    assert (ov["best"], ov["best_metric"]) == (best, best_metric)
 
 
 class Flaky(QuadraticToy):
@@ -289,8 +308,8 @@ def fire_store() -> MemoryStore:
     st.create_experiment({
         "task": "tests:<Fake&Task>", "space": space.to_json(),
         "algorithm": {"name": "fire", "population": 5},
-        "config": {"steps": 12, "interval": 4, "eval_every": 1, "seed": 3, "mode": "async",
-                   "metric": "validation accuracy"},
+        "config": {"steps": 12, "interval": 4, "eval_every": 1, "seed": 3, "mode": "async"},
+        "metric": {"name": "validation accuracy", "mode": "max"},
     })
     b = Builder(st)
     h0, h1, h1b = hp(0.001, 0.5), hp(0.1, 0.2), hp(0.0012, 0.5)
@@ -335,7 +354,8 @@ def test_fire_report_views(fire_store: MemoryStore, tmp_path: Path) -> None:
     [data] = runs_of(page)
     assert "<title>firepbt report: tests:&lt;Fake&amp;Task&gt;</title>" in page
     assert data["task"] == "tests:<Fake&Task>"
-    assert data["metric"] == {"name": "validation accuracy", "direction": "higher is better"}
+    assert data["metric"] == {"name": "validation accuracy", "mode": "max",
+                              "direction": "higher is better"}
     assert (data["best"], data["best_metric"]) == (0, 1.6)
     assert data["is_fire"] and data["subpops"] == [1, 2]
     assert ["population", "4 members (P1: 2, P2: 2), 1 evaluators"] in data["settings"]

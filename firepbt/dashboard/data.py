@@ -38,6 +38,7 @@ from firepbt.store.base import (
     Store,
     WorkerRecord,
 )
+from firepbt.trainable import Metric
 
 LINEAGE_KINDS = ("exploit", "transfer", "replace")
 FAILURE_KINDS = ("failure", "failed", "replace")
@@ -104,11 +105,12 @@ class RunData:
         # valid metric along its lineage, ties to the lower id), answered in memory: Result
         # walks each lineage with one query per checkpoint, 80,000 of them on a big run.
         run.finals = {w.id: run.final_metric(w.id) for w in run.members()}
-        p1 = [(v, -w.id) for w in run.members() if w.subpop == 1
+        sign = run_metric(exp).sign
+        p1 = [(sign * v, -w.id) for w in run.members() if w.subpop == 1
               and (v := run.finals[w.id]) is not None]
         if p1:
-            run.best_metric, neg = max(p1)
-            run.best = -neg
+            run.best = -max(p1)[1]
+            run.best_metric = run.finals[run.best]
         try:
             run.space = Space.from_json(exp["space"])
         except (ConfigError, KeyError, TypeError):
@@ -245,7 +247,8 @@ def overview(store: Store, label: str = "", now: float | None = None) -> dict[st
         eta = elapsed * (total - done) / done  # at the average rate so far
     p1 = [(metric_of.get(w.checkpoint) if w.checkpoint is not None else None, w.id)
           for w in members if w.subpop == 1]
-    valid = [(m, -i) for m, i in p1 if m is not None]
+    sign = run_metric(exp).sign  # a "min" metric: the lowest value is the best
+    valid = [(sign * m, -i) for m, i in p1 if m is not None]
     best = -max(valid)[1] if valid else None  # ties go to the lower id, as in Result.best
     metric_by_id = {i: m for m, i in p1}
     rows = [_worker_row(w, metric_of.get(w.checkpoint) if w.checkpoint is not None else None)
@@ -283,16 +286,20 @@ def _worker_row(w: WorkerRecord, metric: float | None) -> dict[str, Any]:
     }
 
 
+def run_metric(exp: Mapping[str, Any]) -> Metric:
+    """The run's metric (name, and whether higher or lower is better); the default for a
+    store written before metrics had names, or with an unreadable entry."""
+    try:
+        return Metric.of(exp.get("metric"))
+    except (ConfigError, TypeError):
+        return Metric()
+
+
 def metric_label(exp: Mapping[str, Any]) -> dict[str, str]:
-    """The metric's name and direction: today always "higher is better"; named if the
-    experiment config says so (``metric`` / ``metric_name``), else "fitness"."""
-    cfg = exp.get("config", {})
-    name = None
-    for source in (exp, cfg if isinstance(cfg, Mapping) else {}):
-        for key in ("metric", "metric_name"):
-            if isinstance(source.get(key), str) and source[key]:
-                name = source[key]
-    return {"name": name or "fitness", "direction": "higher is better"}
+    """The metric's name, mode and direction as the views show them."""
+    m = run_metric(exp)
+    return {"name": m.name, "mode": m.mode,
+            "direction": "higher is better" if m.sign > 0 else "lower is better"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,6 +493,7 @@ def _transfers(run: RunData) -> list[dict[str, Any]]:
 def _failures(run: RunData) -> list[dict[str, Any]]:
     """Every failed attempt (``failure`` events) and outcome (``failed``, ``replace``), with the
     segment it belongs to and the full error text (the traceback when the executor kept it)."""
+    seg_by_id = {s.id: s for s in run.segments}
     seg_at: dict[tuple[int, int], SegmentRecord] = {}
     for s in run.segments:
         seg_at[(s.worker, s.start_step)] = s  # the latest segment starting there
@@ -496,6 +504,8 @@ def _failures(run: RunData) -> list[dict[str, Any]]:
         # failure/failed events carry the failed segment's start step; a replacement carries
         # the donor's step, which names no segment of this worker.
         seg = seg_at.get((e.worker, e.step)) if e.kind != "replace" else None
+        if isinstance(e.info.get("segment"), int) and e.info["segment"] in seg_by_id:
+            seg = seg_by_id[e.info["segment"]]  # newer stores name the segment
         error = str(e.info.get("error") or (seg.error if seg is not None else "") or "")
         rows.append({
             "time": e.time, "kind": e.kind, "worker": e.worker, "step": e.step,

@@ -519,14 +519,17 @@ const FP = (() => {
       r.best === null ? "-" : `worker ${r.best}`, fmt(r.best_metric),
       String((r.counts || {}).exploit || 0), String((r.counts || {}).transfer || 0),
       String((r.compute ? r.compute.member + r.compute.evaluator : 0))]);
-    const top = Math.max(...runs.map((r) => (r.best_metric === null ? -Infinity : r.best_metric)));
+    // The best run by each run's own direction (a loss: the lowest).
+    const score = (r) => (r.best_metric === null ? -Infinity
+      : (r.metric.mode === "min" ? -1 : 1) * r.best_metric);
+    const top = Math.max(...runs.map(score));
     const curves = el("div", { id: "compare-curves", class: "plot" });
     const keys = [...new Set(runs.flatMap((r) => r.hp_keys.map((h) => h.key)))];
     const scheds = keys.map((k, i) => el("div", { id: `compare-sched-${i}`, class: "plot small" }));
     const node = section("compare", "Comparison",
       table(["run", "algorithm", "status", "best member", `final ${runs[0].metric.name}`,
         "exploits", "transfers", "training steps"], rows,
-      { sortable: true, rowClass: (i) => (runs[i].best_metric === top ? "best" : "") }),
+      { sortable: true, rowClass: (i) => (score(runs[i]) === top ? "best" : "") }),
       el("h3", { text: "Best lineage's metric, per run" }), curves,
       keys.length ? el("h3", { text: "Best lineage's schedules, per run" }) : null, ...scheds);
     node.draw = () => {
