@@ -340,6 +340,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from firepbt.dashboard.server import (
         LOOPBACK_NAMES,
         create_app,
+        expand_stores,
         is_loopback,
         serve,
         warn_if_exposed,
@@ -349,10 +350,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     # On loopback only loopback Host headers are served (no DNS rebinding); an explicit other
     # address is served under any name (and warned about below).
     hosts = LOOPBACK_NAMES if is_loopback(host) else ("*",)
-    app = create_app([_existing(s) for s in args.stores], poll_s=args.poll, allowed_hosts=hosts)
+    stores = [_existing(s) for s in expand_stores(args.stores)]
+    app = create_app(stores, poll_s=args.poll, allowed_hosts=hosts)
     warn_if_exposed(host, args.port, lambda m: print(f"firepbt: {m}", file=sys.stderr))
     shown = f"[{host}]" if ":" in host else host
-    print(f"firepbt dashboard: http://{shown}:{args.port}/ ({len(args.stores)} run(s), "
+    print(f"firepbt dashboard: http://{shown}:{args.port}/ ({len(stores)} run(s), "
           "read-only; Ctrl-C stops)", flush=True)
     serve(app, host=host, port=args.port)
     return 0
@@ -514,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("dashboard", help="a live web view of one or more runs (read-only)",
                         formatter_class=fmt)
-    db.add_argument("stores", nargs="+", metavar="STORE", help="store files or URLs")
+    db.add_argument("stores", nargs="+", metavar="STORE",
+                    help="store files or URLs, or folders (every *.db under them)")
     db.add_argument("--port", type=int, default=8000, help="port to serve on")
     db.add_argument("--host", help="address to bind (default 127.0.0.1; another one exposes "
                     "the dashboard to the network, with a warning)")

@@ -85,6 +85,26 @@ class _Run:
             return self._cached[1]
 
 
+def expand_stores(args: Sequence[str]) -> list[str]:
+    """Store arguments as given, with each folder replaced by the store files (``*.db``) under
+    it, sorted (``firepbt dashboard runs/demo`` shows every run of the demo).
+
+    Raises:
+        ConfigError: a folder holds no ``*.db`` file.
+    """
+    out: list[str] = []
+    for arg in args:
+        path = Path(arg)
+        if "://" not in arg and path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*.db") if p.is_file())
+            if not found:
+                raise ConfigError(f"store folder {arg!r}: holds no store file (*.db)")
+            out += found
+        else:
+            out.append(arg)
+    return out
+
+
 def labels_for(stores: Sequence[str]) -> list[str]:
     """Short unique labels: the file stems, or the whole path where stems clash."""
     stems = [Path(s.removeprefix("sqlite:///")).stem for s in stores]

@@ -31,6 +31,7 @@ pytest.importorskip("uvicorn", reason="the dashboard extra is not installed")
 from firepbt.dashboard.server import (  # noqa: E402
     BackgroundServer,
     create_app,
+    expand_stores,
     is_loopback,
     warn_if_exposed,
 )
@@ -160,6 +161,17 @@ def test_refuses_bad_stores(tmp_path: Path, pbt_store: str) -> None:
         create_app([])
     with pytest.raises(ConfigError, match="poll_s"):
         create_app([pbt_store], poll_s=0)
+
+
+def test_folders_expand_to_their_stores(tmp_path: Path) -> None:
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    for name in ("a/x.db", "a/sub/y.db", "a/notes.txt"):
+        (tmp_path / name).write_text("")
+    assert expand_stores([str(tmp_path / "a"), "memory://", "z.db"]) == [
+        str(tmp_path / "a/sub/y.db"), str(tmp_path / "a/x.db"), "memory://", "z.db"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no store file"):
+        expand_stores([str(tmp_path / "empty")])
 
 
 def test_cli_names_a_missing_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
