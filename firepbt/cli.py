@@ -213,6 +213,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         h, beat = holder
         ago = max(0.0, time.time() - beat)
         print(f"lock: pid {h.pid} on {h.host} (last heartbeat {ago:.0f} s ago)")
+    if res.status() == "running" and _controller_gone(holder):
+        print(f"  no controller is running it any more (stopped or killed): continue it with "
+              f"firepbt resume {args.store}")
     cfg = exp["config"]
     print(f"steps {cfg['steps']}  interval {cfg['interval']}  eval_every {cfg['eval_every']}  "
           f"seed {cfg['seed']}  mode {cfg['mode']}  metric {res.metric.describe()}")
@@ -227,6 +230,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_eta(res, exp)
     _print_failures(res, args.store, full=args.failures)
     return 0
+
+
+def _controller_gone(holder: Any) -> bool:
+    """Whether a store that says "running" has lost its controller."""
+    from firepbt.controller import Controller, _holder_is_dead
+
+    if holder is None:
+        return True
+    h, beat = holder
+    return _holder_is_dead(h) or time.time() - beat > Controller.LOCK_STALE_S
 
 
 def _print_eta(res: Any, exp: dict[str, Any]) -> None:
