@@ -95,17 +95,23 @@ def load_state(
         The ``extra`` dict given to :func:`save_state`.
 
     Raises:
-        CheckpointError: ``state.pt`` is missing, or was written by an unknown format version.
+        CheckpointError: ``state.pt`` is missing, holds an object outside torch's
+            ``weights_only`` allow-list, or was written by an unknown format version.
     """
     file = Path(path) / STATE_FILE
     if not file.is_file():
         raise CheckpointError(f"checkpoint file {str(file)!r} is missing")
     try:
+        # weights_only=True only: a checkpoint may come from shared storage or another member,
+        # and full unpickling would run whatever code the file names.
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # ``extra`` held something outside the safe allow-list (e.g. a numpy array). The file
-        # is one this library wrote for this member, so full unpickling is acceptable here.
-        state = torch.load(file, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {str(file)!r} holds an object torch refuses to load with "
+            f"weights_only=True ({str(exc).splitlines()[0]}); keep extra_state() to tensors, "
+            "numbers, strings, lists, tuples and dicts of them (e.g. torch.from_numpy(arr) "
+            "instead of a numpy array, float(x) instead of a numpy scalar)"
+        ) from None
     fmt = state.get("format")
     if fmt != STATE_FORMAT:
         raise CheckpointError(
