@@ -159,6 +159,6 @@ def fit(
             stacklevel=2,
         )
     callback = FirePBTCallback(hparams, report, monitor, mode, mapping)
-    trainer.callbacks.append(callback)
+    trainer.callbacks.append(callback)  # type: ignore[attr-defined]  # set in __init__
     ckpt = None if checkpoint is None else str(Path(checkpoint) / CKPT_FILE)
     trainer.fit(model, ckpt_path=ckpt, weights_only=True, **fit_kwargs)
