@@ -53,6 +53,13 @@ def _as_float(value: Any) -> Any:
     return value
 
 
+def _unwrap(optimizer: Any) -> Any:
+    """The torch optimiser inside a wrapper (accelerate's AcceleratedOptimizer, Lightning's)."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
 def _schedulers_of(optimizer: torch.optim.Optimizer, schedulers: Iterable[Any]) -> list[Any]:
     """The schedulers driving ``optimizer``, including those inside SequentialLR/Chained."""
     found: list[Any] = []
@@ -60,7 +67,7 @@ def _schedulers_of(optimizer: torch.optim.Optimizer, schedulers: Iterable[Any]) 
     while todo:
         s = todo.pop(0)
         todo += list(getattr(s, "_schedulers", []))
-        if getattr(s, "optimizer", None) is optimizer and s not in found:
+        if _unwrap(getattr(s, "optimizer", None)) is _unwrap(optimizer) and s not in found:
             found.append(s)
     return found
 
