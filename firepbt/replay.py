@@ -166,7 +166,7 @@ def replay(
                 t.set_hparams(dict(piece.hparams))
             curve += _train_like_worker(t, piece.start_step, piece.end_step, eval_every)
     final = next((v for _, v in reversed(curve) if v is not None), None)
-    applied = _applied_history(st, member)
+    applied = applied_history(st, member)
     _stop(t)
     return ReplayOutcome(member, seed, from_ancestors, final, recorded_final, curve, recorded,
                          schedule, ref, file, applied)
@@ -200,7 +200,7 @@ def _stop(t: Trainable) -> None:
         stop()
 
 
-def _applied_history(st: Store, member: int) -> list[dict[str, Any]]:
+def applied_history(st: Store, member: int) -> list[dict[str, Any]]:
     """The applied values an integration recorded in the member's newest checkpoint."""
     from firepbt.integrations.effect import read_applied_file
 
