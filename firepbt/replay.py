@@ -58,6 +58,7 @@ class ReplayOutcome:
     task: str
     task_file: str | None
     applied: list[dict[str, Any]] = field(default_factory=list)
+    inspected: Any = None
 
     def max_curve_difference(self) -> float | None:
         """Largest |replayed - recorded| at steps both have (None when none are comparable)."""
@@ -104,6 +105,7 @@ def replay(
     seed: int = 0,
     from_ancestors: bool = False,
     log: Callable[[str], None] | None = None,
+    inspect: Callable[[Trainable], Any] | None = None,
 ) -> ReplayOutcome:
     """Train one model with ``member``'s learned schedule and return what it reached.
 
@@ -113,6 +115,8 @@ def replay(
         seed: The replayed model's seed (ignored with ``from_ancestors``: the root's is used).
         from_ancestors: Replay the exact lineage instead of a fresh model.
         log: Called with progress lines (e.g. ``print``); it is told which file is imported.
+        inspect: Called with the trained model at the end (e.g. to score a test set); its
+            answer is ``ReplayOutcome.inspected``.
 
     Raises:
         ConfigError: The store has no importable task, or no member with a metric.
@@ -167,9 +171,10 @@ def replay(
             curve += _train_like_worker(t, piece.start_step, piece.end_step, eval_every)
     final = next((v for _, v in reversed(curve) if v is not None), None)
     applied = applied_history(st, member)
+    inspected = inspect(t) if inspect is not None else None
     _stop(t)
     return ReplayOutcome(member, seed, from_ancestors, final, recorded_final, curve, recorded,
-                         schedule, ref, file, applied)
+                         schedule, ref, file, applied, inspected)
 
 
 def _chain(st: Store, member: int) -> list[Any]:
