@@ -90,6 +90,7 @@ def train_fn(hparams: dict[str, Any], checkpoint: Path | None, report: Any,  # f
              seed: int) -> None:
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # no bar per checkpoint written
     out = tempfile.mkdtemp(prefix="firepbt-hf-")
     trainer = make_trainer(hparams["lr"], seed, hparams["steps"], hparams["eval_every"],
                            hparams["train"], out)
@@ -113,6 +114,7 @@ def main() -> None:
     size = SIZES["tiny" if args.tiny else "full"]
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     consts = {k: size[k] for k in ("steps", "eval_every", "train")}  # workers see the sizes
     space = fp.Space(lr=fp.LogUniform(1e-4, 1e-2), **consts)  # firepbt
     with tempfile.TemporaryDirectory(prefix="firepbt-hf-") as tmp:
