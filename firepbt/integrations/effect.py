@@ -182,8 +182,9 @@ def check_applied(
                     f"value {i} read back (param groups, then LR scheduler base_lrs and "
                     f"initial_lr) is {got!r}; "
                     "something restored or recomputed it after firepbt set it (an optimizer "
-                    "or scheduler state loaded later, or a scheduler built from saved "
-                    "hyperparameters)"
+                    "or scheduler state loaded later, a scheduler built from saved "
+                    "hyperparameters, or a hand-written lr schedule: use an LR scheduler, "
+                    "whose base lr firepbt sets)"
                 )
 
 
