@@ -1,12 +1,13 @@
 """PBT on a Hugging Face Trainer: a tiny BERT-like model on synthetic text classification.
 
 The model is built from a ``BertConfig`` (random init, nothing downloaded). The task: a
-sentence of 15 words from a 40-word vocabulary is positive when it holds more "positive" than
-"negative" words. The lines marked ``# firepbt`` are all it takes to run an ordinary Trainer
-as PBT members. At the end the best member's checkpoint (a Trainer checkpoint folder) and a
+sentence of 31 words from a 40-word vocabulary is positive when it holds more "positive" than
+"negative" words; a fifth of the training labels are flipped (validation and test are clean),
+so a constant lr plateaus and a schedule helps. The lines marked ``# firepbt`` are all it
+takes to run an ordinary Trainer as PBT members. At the end the best member's checkpoint (a Trainer checkpoint folder) and a
 plain Trainer run at the default constant lr are scored on a held-out test set.
 
-    python examples/hf_text.py            # 4 members x 600 steps, a few minutes here
+    python examples/hf_text.py            # 4 members x 300 steps, a few minutes here
     python examples/hf_text.py --tiny     # seconds (CI)
 
 The last line printed is JSON.
@@ -29,19 +30,20 @@ from transformers import BertConfig, BertForSequenceClassification, Trainer, Tra
 import firepbt as fp  # firepbt
 from firepbt.integrations.huggingface import HF_DIR, train  # firepbt
 
+NOISE = 0.2  # a fifth of the training labels are flipped; validation and test are clean
 DEFAULT_LR = 1e-3  # a sensible constant AdamW lr for a model this small
-LENGTH = 16  # [CLS] + 15 words
+LENGTH = 32  # [CLS] + 31 words
 POSITIVE, NEGATIVE, VOCAB = range(2, 12), range(12, 22), 42
 SIZES = {
     "tiny": dict(steps=30, interval=15, eval_every=5, population=2, train=512),
-    "full": dict(steps=600, interval=60, eval_every=6, population=4, train=8192),
+    "full": dict(steps=300, interval=30, eval_every=5, population=4, train=8192),
 }
 
 
 class Sentences(torch.utils.data.Dataset):  # type: ignore[type-arg]
     """Synthetic sentiment: label 1 when positive words outnumber negative ones."""
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, noise: float = 0.0) -> None:
         rng = np.random.default_rng(seed)
         words = rng.integers(2, VOCAB, size=(n * 2, LENGTH - 1))
         pos = np.isin(words, list(POSITIVE)).sum(1)
@@ -49,7 +51,9 @@ class Sentences(torch.utils.data.Dataset):  # type: ignore[type-arg]
         keep = np.flatnonzero(pos != neg)[:n]  # no ties: every label is decidable
         self.ids = torch.from_numpy(np.concatenate([np.ones((len(keep), 1), int),
                                                     words[keep]], 1))
-        self.labels = torch.from_numpy((pos[keep] > neg[keep]).astype(np.int64))
+        labels = pos[keep] > neg[keep]
+        flip = rng.random(len(labels)) < noise  # noisy training labels: a constant lr plateaus
+        self.labels = torch.from_numpy((labels ^ flip).astype(np.int64))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -80,7 +84,7 @@ def make_trainer(lr: float, seed: int, steps: int, eval_every: int, n_train: int
         save_strategy="no", logging_strategy="no", report_to="none", use_cpu=True,
         disable_tqdm=True, dataloader_num_workers=0,
     )
-    trainer = Trainer(model=make_model(seed), args=args, train_dataset=Sentences(n_train, 0),
+    trainer = Trainer(model=make_model(seed), args=args, train_dataset=Sentences(n_train, 0, NOISE),
                       eval_dataset=Sentences(500, 1), compute_metrics=accuracy)
     trainer.remove_callback(transformers.PrinterCallback)  # no metrics dict per evaluation
     return trainer

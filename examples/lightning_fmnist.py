@@ -121,6 +121,8 @@ def quiet() -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    # Members resume mid-epoch; the data loader then starts the epoch over (documented).
+    warnings.filterwarnings("ignore", ".*ended before the epoch ended.*")
 
 
 def main() -> None:
