@@ -4,8 +4,9 @@ The model is built from a ``BertConfig`` (random init, nothing downloaded). The 
 sentence of 31 words from a 40-word vocabulary is positive when it holds more "positive" than
 "negative" words; a fifth of the training labels are flipped (validation and test are clean),
 so a constant lr plateaus and a schedule helps. The lines marked ``# firepbt`` are all it
-takes to run an ordinary Trainer as PBT members. At the end the best member's checkpoint (a Trainer checkpoint folder) and a
-plain Trainer run at the default constant lr are scored on a held-out test set.
+takes to run an ordinary Trainer as PBT members. At the end the best member's checkpoint (a
+Trainer checkpoint folder) and a plain Trainer run at the default constant lr are scored on a
+held-out test set.
 
     python examples/hf_text.py            # 4 members x 300 steps, a few minutes here
     python examples/hf_text.py --tiny     # seconds (CI)
