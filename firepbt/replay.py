@@ -85,8 +85,15 @@ def worker_seed(run_seed: int, worker: int) -> int:
     return int(ss.generate_state(1)[0])
 
 
+def _fitness(value: Any, metric_name: str) -> float | None:
+    # A task may return a dict of named metrics; the run's metric is the one that counts.
+    if isinstance(value, dict):
+        value = value.get(metric_name)
+    return as_metric(value)
+
+
 def _train_like_worker(
-    t: Trainable, start: int, end: int, eval_every: int
+    t: Trainable, start: int, end: int, eval_every: int, metric_name: str = "fitness"
 ) -> list[tuple[int, float | None]]:
     """Train ``start..end`` with evaluations where a worker makes them (same RNG use)."""
     points: list[tuple[int, float | None]] = []
@@ -95,7 +102,7 @@ def _train_like_worker(
         nxt = min(end, (step // eval_every + 1) * eval_every)
         t.train(nxt - step)
         step = nxt
-        points.append((step, as_metric(t.evaluate())))
+        points.append((step, _fitness(t.evaluate(), metric_name)))
     return points
 
 
@@ -138,6 +145,9 @@ def replay(
         raise ConfigError(f"store {st.url!r} has no member with a valid metric to replay")
     cfg = exp["config"]
     eval_every = int(cfg.get("eval_every") or max(1, int(cfg["interval"]) // 10))
+    metric = exp.get("metric")
+    metric_name = str(metric.get("name", "fitness") if isinstance(metric, dict)
+                      else metric or "fitness")
     schedule = res.schedule(member)
     if not schedule:
         raise ConfigError(f"member {member} has no checkpoints yet: nothing to replay")
@@ -161,14 +171,15 @@ def replay(
                     t = _reloaded(cls, t, path, seed)
                 if dict(t.hparams) != dict(rec.hparams):
                     t.set_hparams(dict(rec.hparams))
-                curve += _train_like_worker(t, prev_step, rec.step, eval_every)
+                curve += _train_like_worker(t, prev_step, rec.step, eval_every, metric_name)
                 prev_step, prev_worker = rec.step, rec.worker
     else:
         t.setup(dict(schedule[0].hparams), seed)
         for piece in schedule:
             if dict(t.hparams) != dict(piece.hparams):
                 t.set_hparams(dict(piece.hparams))
-            curve += _train_like_worker(t, piece.start_step, piece.end_step, eval_every)
+            curve += _train_like_worker(t, piece.start_step, piece.end_step, eval_every,
+                                        metric_name)
     final = next((v for _, v in reversed(curve) if v is not None), None)
     applied = applied_history(st, member)
     inspected = inspect(t) if inspect is not None else None
