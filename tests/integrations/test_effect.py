@@ -147,3 +147,19 @@ def test_torch_trainable_refuses_to_save_an_overwritten_lr(tmp_path: Path) -> No
     t.train(2)
     with pytest.raises(NotInEffectError, match=r"'lr'.*before save.*wanted 0\.01.*0\.1"):
         t.save(tmp_path)
+
+
+def test_the_check_reaches_the_store_from_process_workers(tmp_path: Path) -> None:
+    # The default executor: the error comes back from a worker process as the segment's
+    # failure, naming the hyperparameter, the wanted and the actual value.
+    import firepbt as fp
+
+    task = Path(__file__).with_name("overwriting_task.py")
+    res = fp.run(f"{task}:OverwritingTask", algorithm=fp.PBT(population=2), steps=20,
+                 interval=10, eval_every=5, store=str(tmp_path / "r.db"), workers=2,
+                 max_failures=1, seed=0)
+    errors = [str(e.info.get("error", "")) for e in res.events("failure")]
+    assert len(errors) == 2
+    for err in errors:
+        assert "NotInEffectError: hyperparameter 'lr' is not in effect before save" in err
+        assert "is 0.01;" in err
