@@ -42,7 +42,7 @@ def test_from_ancestors_reproduces_the_recorded_lineage_exactly(nqm_store: str) 
 def test_fresh_replay_follows_the_schedule_with_another_seed(nqm_store: str) -> None:
     lines: list[str] = []
     out = replay(nqm_store, seed=123, log=lines.append)
-    assert lines == [f"task nqm: importing {task_file('nqm')}"]
+    assert lines == [f"task firepbt.tasks.nqm:NQM: importing {task_file('nqm')}"]
     assert out.seed == 123 and not out.from_ancestors
     assert [s for s, _ in out.curve] == list(range(10, 1001, 10))
     assert out.metric is not None and out.population_metric is not None

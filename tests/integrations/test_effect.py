@@ -153,11 +153,16 @@ def test_the_check_reaches_the_store_from_process_workers(tmp_path: Path) -> Non
     # The default executor: the error comes back from a worker process as the segment's
     # failure, naming the hyperparameter, the wanted and the actual value.
     import firepbt as fp
+    from firepbt.errors import RunFailed
+    from firepbt.store import open_store
 
     task = Path(__file__).with_name("overwriting_task.py")
-    res = fp.run(f"{task}:OverwritingTask", algorithm=fp.PBT(population=2), steps=20,
-                 interval=10, eval_every=5, store=str(tmp_path / "r.db"), workers=2,
-                 max_failures=1, seed=0)
+    # Every member fails, so the run as a whole fails, naming the first error.
+    with pytest.raises(RunFailed, match="NotInEffectError"):
+        fp.run(f"{task}:OverwritingTask", algorithm=fp.PBT(population=2), steps=20,
+               interval=10, eval_every=5, store=str(tmp_path / "r.db"), workers=2,
+               max_failures=1, seed=0)
+    res = fp.Result(open_store(str(tmp_path / "r.db")))
     errors = [str(e.info.get("error", "")) for e in res.events("failure")]
     assert len(errors) == 2
     for err in errors:
