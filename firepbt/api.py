@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from firepbt.algorithms import Algorithm
+from firepbt.checkpoints import default_root
 from firepbt.controller import Controller, RunConfig, validate_run
 from firepbt.errors import ConfigError, RunFailed
 from firepbt.executors.base import Executor
@@ -65,10 +66,23 @@ def task_ref_of(task: Any) -> str | None:
 
 
 def checkpoint_root_for(store: Store) -> Path:
-    """``runs/x.db`` keeps its checkpoints in ``runs/x.ckpt/``; in-memory stores in a temp dir."""
+    """``runs/x.db`` keeps its checkpoints in ``runs/x.db.ckpt/``; in-memory stores in a temp dir.
+
+    The folder is named from the store's full file name, so ``sweep.1`` and ``sweep.2`` never
+    share one (the controller also refuses a folder another store owns). A store whose
+    checkpoints an older firepbt kept in ``runs/x.ckpt/`` (the name without the suffix) goes on
+    using that folder as long as its records point there.
+    """
     url = store.url
     if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///"):]).with_suffix(".ckpt")
+        db = Path(url[len("sqlite:///"):])
+        root = default_root(db)
+        legacy = db.with_suffix(".ckpt")
+        if legacy != root and legacy.is_dir() and not root.exists():
+            parents = {Path(c.path).parent for c in store.checkpoints(include_deleted=True)}
+            if parents and all(p.resolve() == legacy.resolve() for p in parents):
+                return legacy
+        return root
     return Path(tempfile.mkdtemp(prefix="firepbt-ckpt-"))
 
 

@@ -16,6 +16,10 @@ Writes are atomic: everything is written into ``<root>/.tmp-<id>-<pid>-<rand>``,
 renamed into place, so a reader sees either no checkpoint or a complete one. A writer killed
 half-way leaves only a ``.tmp-*`` directory, which :meth:`CheckpointDir.clean_orphans` removes.
 Deletion renames the checkpoint to a ``.tmp-*`` name before removing it, for the same reason.
+
+A folder belongs to exactly one store: :meth:`CheckpointDir.claim` writes ``owner.json`` (the
+store and its experiment id, atomically) and refuses a folder that another store owns, since a
+controller's start-up sweep deletes every checkpoint its own store does not know.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from firepbt.faults import crash_point
 CHECKPOINT_FORMAT = 1
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
+#: The marker naming the one store (and experiment) a checkpoint folder belongs to.
+OWNER_FILE = "owner.json"
 _CHUNK = 1 << 20
 
 
@@ -141,6 +147,81 @@ class CheckpointDir:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise CheckpointError(f"checkpoint root {self.root}: cannot create it ({exc})") from exc
+
+    def owner(self) -> dict[str, Any] | None:
+        """The ``owner.json`` marker (``{"store": ..., "experiment": ...}``), or None.
+
+        Raises:
+            CheckpointError: the marker exists but is unreadable.
+        """
+        path = self.root / OWNER_FILE
+        try:
+            owner = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: owner marker unreadable ({exc})") from None
+        if not isinstance(owner, dict) or not all(
+            isinstance(owner.get(k), str) for k in ("store", "experiment")
+        ):
+            raise CheckpointError(f"{path}: owner marker malformed: {owner!r}")
+        return owner
+
+    def claim(self, store: str, experiment: str, known: Mapping[int, str]) -> None:
+        """Make this folder belong to ``experiment`` of ``store``; refuse another store's folder.
+
+        Args:
+            store: the store's identity (:func:`store_identity`).
+            experiment: the store's experiment id.
+            known: ``{checkpoint id: checksum}`` of the store's live checkpoint records.
+
+        Raises:
+            CheckpointError: the folder belongs to another store (the message names both); or
+                it has no marker (written before markers existed) yet holds complete
+                checkpoints this store does not know, so it may be shared with another store.
+        """
+        owner = self.owner()
+        if owner is not None:
+            if owner["experiment"] == experiment and owner["store"] == store:
+                return
+            if owner["store"] != store or store.startswith("memory://"):
+                raise CheckpointError(
+                    f"checkpoint folder {self.root} belongs to store {owner['store']!r} "
+                    f"(experiment {owner['experiment']}), not to store {store!r} (experiment "
+                    f"{experiment}); a checkpoint folder serves exactly one store, so give "
+                    "this store its own folder"
+                )
+            # Same store file, another experiment: the file was deleted and created anew, so
+            # the old experiment (and whoever could refer to its checkpoints) is gone.
+        else:
+            foreign = [c for c in self.ids() if known.get(c) != self._manifest_checksum(c)]
+            if foreign:
+                shown = ", ".join(map(str, foreign[:5])) + (" ..." if len(foreign) > 5 else "")
+                raise CheckpointError(
+                    f"checkpoint folder {self.root} has no {OWNER_FILE} (an older firepbt wrote "
+                    f"it) and holds {len(foreign)} checkpoint(s) that store {store!r} does not "
+                    f"know (ids {shown}): it may belong to another store too. Refusing to use "
+                    "it, since start-up would delete them; move or delete the unknown "
+                    "checkpoints, then resume"
+                )
+        text = json.dumps({"store": store, "experiment": experiment}, sort_keys=True)
+        tmp = self.root / f"{TMP_PREFIX}owner-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.root / OWNER_FILE)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.root)
+
+    def _manifest_checksum(self, checkpoint_id: int) -> str | None:
+        try:
+            return str(self._read_manifest(self.path_for(checkpoint_id))["checksum"])
+        except CheckpointError:
+            return None
 
     def path_for(self, checkpoint_id: int) -> Path:
         """The final directory of checkpoint ``checkpoint_id``."""
@@ -391,7 +472,7 @@ class CheckpointDir:
         for entry in sorted(self.root.iterdir()):
             if not entry.name.startswith(TMP_PREFIX):
                 continue
-            if _writer_alive(entry.name):
+            if writer_alive(entry.name):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
@@ -401,21 +482,51 @@ class CheckpointDir:
         return removed
 
 
-def _writer_alive(tmp_name: str) -> bool:
+def store_identity(url: str) -> str:
+    """What names a store in an ``owner.json`` marker: the absolute file path, or the URL."""
+    if url.startswith("sqlite:///"):
+        return str(Path(url[len("sqlite:///"):]).resolve())
+    return url
+
+
+def default_root(store_file: str | Path) -> Path:
+    """The checkpoint folder of a store file: its full name plus ``.ckpt``.
+
+    ``runs/x.db`` keeps its checkpoints in ``runs/x.db.ckpt/``. The full name, not the stem:
+    ``sweep.1`` and ``sweep.2`` must never share ``sweep.ckpt``.
+    """
+    path = Path(store_file)
+    return path.with_name(f"{path.name}.ckpt")
+
+
+def writer_alive(tmp_name: str) -> bool:
     """Whether the pid in ``.tmp-<what>-<pid>-<rand>`` is a live process here."""
     parts = tmp_name.split("-")
     if len(parts) < 4 or not parts[-2].isdigit():
         return False
     pid = int(parts[-2])
-    if pid == os.getpid():
-        return True
+    return pid == os.getpid() or pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine and has not exited.
+
+    An exited process nobody has reaped yet (a zombie) counts as gone: it can write nothing
+    more. That matters right after a controller is killed: its workers exit, but their new
+    parent may reap them only later.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            # The field after the parenthesised command name is the state; Z or X: exited.
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): trust kill(0)
 
 
 def collectable(

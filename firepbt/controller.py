@@ -44,7 +44,7 @@ from firepbt.algorithms.base import (
     WorkerView,
     require,
 )
-from firepbt.checkpoints import CheckpointDir, collectable
+from firepbt.checkpoints import CheckpointDir, collectable, store_identity
 from firepbt.errors import ConfigError, ExperimentLocked, RunFailed
 from firepbt.executors.base import Executor
 from firepbt.faults import crash_point
@@ -271,7 +271,9 @@ class Controller:
         self.curves: dict[int, list[float | None]] = {}
         self.segs: dict[int, SegmentRecord] = {}
         self._dirty: set[int] = set()
-        with self.store.transaction():
+        with self.store.transaction(fence=self.holder):
+            # Names the experiment in its checkpoint folder's owner marker (CheckpointDir.claim).
+            self.store.put_state("experiment_id", uuid.uuid4().hex)
             self.store.create_experiment(
                 {
                     "task": task_ref,
@@ -342,23 +344,33 @@ class Controller:
         self.curves = {wid: list(self.store.get_state(f"curve/{wid}", [])) for wid in self.workers}
         self._dirty = set()
         # Segments that were pending or in flight when the last controller stopped re-run
-        # from their recorded start checkpoint, under a new lease.
+        # from their recorded start checkpoint, under a new lease - and write a new checkpoint
+        # id: a worker of the old lease may still write the old one (it must never collide).
         self.segs = {}
-        with self.store.transaction():
+        with self.store.transaction(fence=self.holder):
             for seg in self.store.segments(status=PENDING):
-                seg = replace(seg, epoch=seg.epoch + 1)
+                seg = replace(seg, epoch=seg.epoch + 1,
+                              to_checkpoint=self.store.next_id("checkpoint"))
                 self.store.put_segment(seg)
                 self.segs[seg.id] = seg
+            if self.store.get_state("experiment_id") is None:  # created by an older firepbt
+                self.store.put_state("experiment_id", uuid.uuid4().hex)
             self.store.put_state("status", "running")
 
     # -- public loop -------------------------------------------------------------------------
 
     def start(self) -> None:
         """Prepare to run: clean orphaned checkpoint writes, start the executor."""
-        known = {c.id for c in self.store.checkpoints(include_deleted=True)}
+        live = self.store.checkpoints()
+        # The sweep below deletes what this store does not know: the folder must be ours.
+        self.ckpt.claim(store_identity(self.store.url), str(self.store.get_state("experiment_id")),
+                        {c.id: c.checksum for c in live})
+        known = {c.id for c in live}
         self.ckpt.clean_orphans()
         for cid in self.ckpt.ids():
-            if cid not in known:  # written by a segment whose result was never committed
+            # Written by a segment whose result was never committed, or collected by a
+            # controller killed between marking the record deleted and removing the files.
+            if cid not in known:
                 self.ckpt.delete(self.ckpt.path_for(cid))
         self.pending: deque[int] = deque(sorted(self.segs))
         self._seg_of: dict[int, int] = {seg.worker: sid for sid, seg in self.segs.items()}
@@ -389,9 +401,7 @@ class Controller:
         self._evaluators = sorted(w.id for w in self.workers.values() if w.role == EVALUATOR)
         # Live (not yet collected) checkpoints: id -> (writer, step, path, checksum), so that
         # dispatching and collecting never read checkpoint records back from the store.
-        self._live = {
-            c.id: (c.worker, c.step, c.path, c.checksum) for c in self.store.checkpoints()
-        }
+        self._live = {c.id: (c.worker, c.step, c.path, c.checksum) for c in live}
         self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="firepbt-gc")
         self.executor.start()
 
@@ -577,7 +587,7 @@ class Controller:
                 self.ckpt.delete(r.checkpoint_path)
             return
         crash_point("controller.before_commit")
-        with self.store.transaction():
+        with self.store.transaction(fence=self.holder):
             if r.error is not None:
                 self._failed_segment(seg, r.error)
             else:
@@ -946,9 +956,10 @@ class Controller:
         doomed = collectable(live, pinned, self.config.keep_checkpoints)
         if not doomed:
             return
-        with self.store.transaction():
+        with self.store.transaction(fence=self.holder):
             for cid in doomed:
                 self.store.mark_checkpoint_deleted(cid)
+        crash_point("controller.after_gc_commit")
         # Files go after the records: a crash in between leaves orphan files that the next
         # start removes, never a record pointing at missing files. Deleting is slow on some
         # file systems, so a background thread does it off the controller's critical path.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from firepbt.algorithms import PBT
 from firepbt.api import run
+from firepbt.checkpoints import default_root
 from firepbt.compare import compare
 from firepbt.report import write_comparison, write_report
 
@@ -18,7 +19,7 @@ def _fresh(path: Path) -> str:
     """A new store path (a previous demo's store would otherwise be resumed)."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    ckpt = path.with_suffix(".ckpt")
+    ckpt = default_root(path)
     if ckpt.exists():
         shutil.rmtree(ckpt)
     return str(path)

@@ -27,6 +27,14 @@ class ExperimentLocked(StoreError):
     """Another live controller holds the experiment lock."""
 
 
+class LockLost(ExperimentLocked):
+    """This controller's lock was taken over by another one: it must stop without committing.
+
+    Raised by a fenced store transaction (``transaction(fence=holder)``); nothing of that
+    transaction is written.
+    """
+
+
 class CheckpointError(FirePBTError):
     """A checkpoint is missing, truncated or fails its checksum."""
 

@@ -39,6 +39,8 @@ KNOWN_CRASH_POINTS: tuple[str, ...] = (
     "controller.after_commit",
     # controller: the algorithm returned its decisions, none applied yet
     "controller.after_decision",
+    # controller: retention marked checkpoint records deleted; their files are not removed yet
+    "controller.after_gc_commit",
     # worker: between training steps of a segment
     "worker.mid_segment",
     # worker: training done, the checkpoint is about to be saved

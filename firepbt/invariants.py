@@ -21,6 +21,14 @@ The invariants (``docs/reliability.md`` explains them):
 6. Member counts per sub-population and the evaluator count are those of the algorithm's
    topology; a member holds or continues from an evaluator's checkpoint only through a
    recorded transfer.
+
+Besides the six, the checkpoint files on disk must equal the live records: a checkpoint folder
+with no live record is *leaked* (a killed controller leaves some; its next start removes them),
+and a live record without its folder is *missing*. The checkpoint folder's owner marker must
+name this store's experiment.
+
+Reading a store never imports code the store names: the task, and a custom explore function
+(``explore.custom`` in the algorithm's config), are only imported by ``resume``.
 """
 
 from __future__ import annotations
@@ -33,7 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from firepbt.algorithms import algorithm_from_config
-from firepbt.checkpoints import CheckpointDir
+from firepbt.checkpoints import (
+    MANIFEST,
+    TMP_PREFIX,
+    CheckpointDir,
+    default_root,
+    writer_alive,
+)
 from firepbt.errors import CheckpointError, ConfigError, StoreError
 from firepbt.space import Space
 from firepbt.store import open_store
@@ -55,12 +69,15 @@ ADOPTING_EVENTS = ("exploit", "transfer", "replace", "start_evaluator")
 SIMULATED_CHECKSUM = "simulated"
 
 
-def check_store(store: Store | str | os.PathLike[str]) -> list[str]:
+def check_store(store: Store | str | os.PathLike[str], *, files: bool = True) -> list[str]:
     """Check the six reliability invariants over an experiment store.
 
     Args:
         store: an open :class:`Store`, or a store URL/path (opened read-only: a missing file is
             an error, never created; it is closed again afterwards).
+        files: also compare the checkpoint folders on disk with the live records (leaked and
+            missing checkpoints). Tests turn it off right after killing a controller, whose
+            leftovers the next start removes.
 
     Returns:
         The problems found, one human-readable line each; an empty list means every invariant
@@ -70,12 +87,27 @@ def check_store(store: Store | str | os.PathLike[str]) -> list[str]:
         StoreError: the store cannot be opened (missing, corrupt, newer format).
     """
     if isinstance(store, Store):
-        return _Checker(store).run()
+        return _Checker(store, files).run()
     opened = open_store(store, create=False)
     try:
-        return _Checker(opened).run()
+        return _Checker(opened, files).run()
     finally:
         opened.close()
+
+
+def without_code(algorithm: Mapping[str, Any]) -> dict[str, Any]:
+    """An algorithm config with every ``explore.custom`` reference dropped.
+
+    ``algorithm_from_config`` imports a custom explore function named in the config; a tool that
+    only reads a store must never run code the store names (a crafted store would run it), and
+    the topology does not depend on the explore function anyway.
+    """
+    out = dict(algorithm)
+    if isinstance(out.get("explore"), Mapping):
+        out["explore"] = {**out["explore"], "custom": None}
+    if isinstance(out.get("pbt"), Mapping):  # FIRE keeps its PBT settings nested
+        out["pbt"] = without_code(out["pbt"])
+    return out
 
 
 def _key(hparams: Mapping[str, Any] | None) -> str:
@@ -86,8 +118,9 @@ def _key(hparams: Mapping[str, Any] | None) -> str:
 class _Checker:
     """One pass over one store; collects problems instead of stopping at the first."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, files: bool = True) -> None:
         self.store = store
+        self.files = files
         self.problems: list[str] = []
 
     def fail(self, message: str) -> None:
@@ -112,6 +145,8 @@ class _Checker:
         self.check_adoptions()  # 4 and 6 (transfers)
         self.check_metrics()  # 5
         self.check_topology(exp)  # 6
+        if self.files:
+            self.check_files()
         return self.problems
 
     # -- 1 ------------------------------------------------------------------------------------
@@ -332,7 +367,7 @@ class _Checker:
 
     def check_topology(self, exp: Mapping[str, Any]) -> None:
         try:
-            roles = algorithm_from_config(dict(exp["algorithm"])).topology()
+            roles = algorithm_from_config(without_code(exp["algorithm"])).topology()
         except (ConfigError, KeyError, TypeError, StoreError) as exc:
             self.fail(f"invariant 6: stored algorithm unreadable ({exc})")
             return
@@ -353,3 +388,55 @@ class _Checker:
             self.fail(f"invariant 6: {n_eval} evaluators, configured {want_eval}")
         if len(self.workers) != len(roles):
             self.fail(f"invariant 6: {len(self.workers)} workers, configured {len(roles)}")
+
+    # -- files on disk == live records --------------------------------------------------------
+
+    def _roots(self) -> set[Path]:
+        """The checkpoint folders of this store: where its records point, and the default."""
+        roots = {Path(c.path).parent for c in self.ckpts.values()
+                 if c.checksum != SIMULATED_CHECKSUM}
+        url = self.store.url
+        if url.startswith("sqlite:///"):
+            default = default_root(Path(url[len("sqlite:///"):]))
+            if default.is_dir():
+                roots.add(default)
+        return {r.absolute() for r in roots}
+
+    def check_files(self) -> None:
+        live = {c.id: c for c in self.ckpts.values()
+                if not c.deleted and c.checksum != SIMULATED_CHECKSUM}
+        for c in live.values():
+            if not Path(c.path).is_dir():
+                self.fail(f"files: checkpoint {c.id} (worker {c.worker}, step {c.step}) is "
+                          f"missing: its folder {c.path} does not exist")
+        experiment = self.store.get_state("experiment_id")
+        for root in sorted(self._roots()):
+            if not root.is_dir():
+                continue  # every record under it is reported missing above
+            try:
+                owner = CheckpointDir(root).owner()
+            except CheckpointError as exc:
+                self.fail(f"files: {exc}")
+                owner = None
+            if owner is not None and experiment is not None and owner["experiment"] != experiment:
+                self.fail(f"files: checkpoint folder {root} belongs to store {owner['store']!r} "
+                          f"(experiment {owner['experiment']}), not to this store's experiment "
+                          f"{experiment}")
+            for entry in sorted(root.iterdir()):
+                name = entry.name
+                if name.startswith(TMP_PREFIX):
+                    if not writer_alive(name):
+                        self.fail(f"files: leaked temporary folder {entry} (a killed writer's; "
+                                  "the next start removes it)")
+                    continue
+                if not (name.startswith("c") and name[1:].isdigit()):
+                    continue
+                cid = int(name[1:])
+                rec = live.get(cid)
+                if rec is not None and Path(rec.path).absolute() == entry.absolute():
+                    continue
+                why = ("its record was collected" if cid in self.ckpts and self.ckpts[cid].deleted
+                       else "no record" if cid not in self.ckpts else "its record points elsewhere")
+                partial = "" if (entry / MANIFEST).is_file() else " (incomplete: no manifest)"
+                self.fail(f"files: leaked checkpoint folder {entry}{partial}: {why} (the next "
+                          "start removes it)")

@@ -18,10 +18,14 @@ from hypothesis import strategies as st
 from firepbt import faults
 from firepbt.checkpoints import (
     CHECKPOINT_FORMAT,
+    OWNER_FILE,
     CheckpointDir,
     CheckpointFormatError,
     collectable,
     combined_checksum,
+    default_root,
+    pid_alive,
+    store_identity,
 )
 from firepbt.errors import CheckpointError, ConfigError, FormatVersionError
 
@@ -198,6 +202,64 @@ def test_clean_orphans_spares_live_writers(cdir: CheckpointDir) -> None:
     (dead / "w.bin").write_bytes(b"x")
     assert cdir.clean_orphans() == [dead.name]
     assert live.exists()
+
+
+def test_clean_orphans_removes_the_folder_of_an_exited_but_unreaped_writer(
+    cdir: CheckpointDir,
+) -> None:
+    """A killed controller's workers are zombies until their new parent reaps them; kill(0)
+    called them alive, so the resumed start kept their temporary folders for good."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        stat = Path(f"/proc/{child.pid}/stat")
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":  # exited, not yet reaped
+            pass
+        assert not pid_alive(child.pid)
+        orphan = cdir.root / f".tmp-4-{child.pid}-abcd"
+        orphan.mkdir()
+        assert cdir.clean_orphans() == [orphan.name]
+    finally:
+        child.wait()
+    assert pid_alive(os.getpid())
+
+
+# -- ownership ----------------------------------------------------------------------------------
+
+
+def test_default_root_uses_the_full_file_name(tmp_path: Path) -> None:
+    assert default_root(tmp_path / "sweep.1") == tmp_path / "sweep.1.ckpt"
+    assert default_root(tmp_path / "runs" / "x.db") == tmp_path / "runs" / "x.db.ckpt"
+    assert store_identity("sqlite:///rel/x.db") == str(Path("rel/x.db").resolve())
+    assert store_identity("memory://") == "memory://"
+
+
+def test_claim_writes_the_owner_and_refuses_another_store(cdir: CheckpointDir) -> None:
+    assert cdir.owner() is None
+    cdir.claim("/s/a.db", "e1", {})
+    assert cdir.owner() == {"store": "/s/a.db", "experiment": "e1"}
+    assert names(cdir.root) == [OWNER_FILE]  # written atomically: no temporary file left
+    cdir.claim("/s/a.db", "e1", {})  # idempotent
+    with pytest.raises(CheckpointError, match=r"belongs to store '/s/a\.db' \(experiment e1\), "
+                                              r"not to store '/s/b\.db' \(experiment e2\)"):
+        cdir.claim("/s/b.db", "e2", {})
+    cdir.claim("/s/a.db", "e3", {})  # the same store file made anew: taken over
+    assert cdir.owner() == {"store": "/s/a.db", "experiment": "e3"}
+
+
+def test_claim_of_an_unmarked_folder_checks_its_checkpoints(cdir: CheckpointDir) -> None:
+    _, checksum = cdir.write(1, save_two_files, TAGS)
+    with pytest.raises(CheckpointError, match=r"no owner\.json .* 1 checkpoint\(s\) .*\(ids 1\)"):
+        cdir.claim("/s/a.db", "e1", {})  # not this store's: maybe another store's
+    with pytest.raises(CheckpointError, match="does not know"):
+        cdir.claim("/s/a.db", "e1", {1: "another checksum"})
+    cdir.claim("/s/a.db", "e1", {1: checksum})  # all known: an older layout of this store
+    assert cdir.owner() == {"store": "/s/a.db", "experiment": "e1"}
+
+
+def test_an_unreadable_owner_marker_is_an_error_naming_it(cdir: CheckpointDir) -> None:
+    (cdir.root / OWNER_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match=f"{OWNER_FILE}: owner marker unreadable"):
+        cdir.claim("/s/a.db", "e1", {})
 
 
 # -- verify ---------------------------------------------------------------------------------------

@@ -33,10 +33,8 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,6 +44,7 @@ from scipy import stats
 from firepbt.algorithms import PBT, Algorithm, RandomSearch, algorithm_from_config
 from firepbt.algorithms.fire import FirePBT
 from firepbt.api import run
+from firepbt.bench._pool import pool_map
 from firepbt.bench.controller import measure as measure_controller
 from firepbt.errors import ConfigError
 from firepbt.result import Result
@@ -215,22 +214,9 @@ def run_all(
 ) -> dict[str, list[dict[str, Any]]]:
     """Every (method, seed) of ``setup``; results by method, in seed order."""
     jobs = [(setup, m, s) for s in seeds for m in methods]
-    if processes <= 1:
-        outs = []
-        for job in jobs:
-            outs.append(_job(job))
-            if progress:
-                progress(outs[-1])
-    else:
-        # fork where there is one: spawn would re-run the caller's __main__ script in every
-        # worker; the harness holds no threads or open stores at this point.
-        method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(processes, mp_context=get_context(method)) as pool:
-            outs = []
-            for out in pool.map(_job, jobs):
-                outs.append(out)
-                if progress:
-                    progress(out)
+    # A fork pool where there is one (the harness holds no threads or open stores here);
+    # SIGTERM tears it down.
+    outs = pool_map(_job, jobs, processes, progress)
     by_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for out in outs:
         by_method[out["method"]].append(out)

@@ -42,15 +42,14 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any
 
 from firepbt.algorithms import PBT, Algorithm, RandomSearch
 from firepbt.algorithms.fire import FirePBT
 from firepbt.api import run
+from firepbt.bench._pool import pool_map
 from firepbt.bench.compare import (
     SCHEDULES,
     describe,
@@ -329,22 +328,9 @@ def tune_and_run_schedules(
 
 def _pool_map(fn: Callable[[Any], dict[str, Any]], jobs: Sequence[Any], processes: int,
               progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """``fn`` over ``jobs`` in order, on a fork pool of ``processes`` (1: in this process)."""
-    outs: list[dict[str, Any]] = []
-    if processes <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            outs.append(fn(job))
-            if progress:
-                progress(outs[-1])
-        return outs
-    # fork where there is one: spawn would re-run the caller's __main__ in every worker.
-    method = "fork" if "fork" in get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(processes, mp_context=get_context(method)) as pool:
-        for out in pool.map(fn, jobs):
-            outs.append(out)
-            if progress:
-                progress(out)
-    return outs
+    """``fn`` over ``jobs`` in order, on a fork pool of ``processes`` (1: in this process);
+    SIGTERM tears the pool down (:func:`firepbt.bench._pool.pool_map`)."""
+    return pool_map(fn, jobs, processes, progress)
 
 
 def _population_job(job: tuple[str, Config, str, int]) -> dict[str, Any]:

@@ -15,14 +15,19 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
-from firepbt.errors import TaskLoadError
+from firepbt.checkpoints import CheckpointDir, pid_alive
+from firepbt.errors import CheckpointError, TaskLoadError
 from firepbt.executors.base import Executor
 from firepbt.trainable import SegmentResult, SegmentSpec
 
@@ -35,8 +40,34 @@ MAIN_GUARD_HINT = (
     "'if __name__ == \"__main__\":'"
 )
 
+#: Prefix of the marker file (in the system temp dir) naming this process's multiprocessing
+#: temp dir; the pid after it lets a later controller remove the dir of a killed one.
+MP_TEMP_PREFIX = "firepbt-mp-"
 
-def _worker_main(conn: Connection, task_ref: str, threads: int, env: dict[str, str]) -> None:
+
+def _die_with_controller(lifeline: Connection) -> None:
+    """Make this worker exit as soon as its controller does, however the controller died.
+
+    A worker orphaned by a killed controller would otherwise finish its segment and write the
+    checkpoint a resumed controller is about to use, and print a BrokenPipeError traceback on
+    the way out. ``lifeline`` is the read end of a pipe whose write end only the controller
+    holds and never writes to: it reads as end-of-file exactly when the controller is gone.
+    (``PR_SET_PDEATHSIG`` would not do: a worker's parent is the fork server, which lives as
+    long as any worker holds its alive-pipe, and every worker does.)
+    """
+
+    def watch() -> None:
+        with contextlib.suppress(OSError, EOFError):
+            lifeline.poll(None)
+        os._exit(1)  # no clean-up: the controller that wanted the result is gone
+
+    threading.Thread(target=watch, name="firepbt-lifeline", daemon=True).start()
+
+
+def _worker_main(
+    conn: Connection, task_ref: str, threads: int, env: dict[str, str], lifeline: Connection
+) -> None:
+    _die_with_controller(lifeline)
     # A fork-server child inherits the server's environment, not the controller's current one:
     # take the controller's, as a spawned process would (fault injection and user settings
     # travel this way). Thread counts are set before any numerical library is imported.
@@ -61,19 +92,58 @@ def _worker_main(conn: Connection, task_ref: str, threads: int, env: dict[str, s
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     while True:
+        # A closed or reset pipe means the controller is gone: nobody wants a result any more,
+        # and a traceback on the user's terminal would only alarm. Leave quietly.
         try:
             kind, payload = conn.recv()
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, OSError, KeyboardInterrupt):
             return
         if kind == "stop":
             return
         if kind == "forget":
             state.forget(payload)
             continue
-        # Tell the parent the segment starts now: its timeout must not count the time this
-        # process spent starting up and importing the task.
-        conn.send(("started", None))
-        conn.send(("result", state.run(payload)))
+        try:
+            # Tell the parent the segment starts now: its timeout must not count the time this
+            # process spent starting up and importing the task.
+            conn.send(("started", None))
+            conn.send(("result", state.run(payload)))
+        except OSError:  # BrokenPipeError, ConnectionResetError
+            return
+
+
+def own_mp_temp_dir() -> None:
+    """Register this process's multiprocessing temp dir, and remove those of dead controllers.
+
+    multiprocessing keeps the fork server's socket in a ``pymp-*`` temp dir that it removes at
+    exit, so a controller killed with SIGKILL leaked one per kill. A marker file
+    ``<tmp>/firepbt-mp-<pid>`` names that dir; every start removes the dirs named by the markers
+    of dead pids, then the markers. (The dir itself stays where multiprocessing puts it: a
+    deeper path could exceed the 107 bytes an AF_UNIX socket path may have.)
+    """
+    from multiprocessing import util
+
+    base = Path(tempfile.gettempdir())
+    for marker in base.glob(f"{MP_TEMP_PREFIX}*"):
+        pid = marker.name[len(MP_TEMP_PREFIX):]
+        if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            leaked = Path(marker.read_text(encoding="utf-8").strip())
+            # Only ever a pymp-* folder directly in the temp dir: a marker is no licence to
+            # delete anything else.
+            if leaked.parent == base and leaked.name.startswith("pymp-"):
+                shutil.rmtree(leaked, ignore_errors=True)
+        marker.unlink(missing_ok=True)
+    mine = Path(util.get_temp_dir())
+    marker = base / f"{MP_TEMP_PREFIX}{os.getpid()}"
+    if mine.parent != base or marker.exists():
+        return
+    tmp = base / f".{marker.name}.tmp"
+    tmp.write_text(str(mine), encoding="utf-8")
+    os.replace(tmp, marker)
+    # multiprocessing removes its dir at exit (priority -100); the marker goes after it.
+    util.Finalize(None, marker.unlink, kwargs={"missing_ok": True}, exitpriority=-101)
 
 
 #: Extra seconds a segment's timeout allows before its worker reports that it started (a fresh
@@ -120,15 +190,18 @@ class LocalExecutor(Executor):
         self._slots: list[_Slot] = []
         self._last_slot: dict[int, int] = {}
         self.restarts = 0
+        self._lifeline: tuple[Connection, Connection] | None = None
 
     @property
     def capacity(self) -> int:
         return self.workers
 
     def _spawn(self) -> _Slot:
+        assert self._lifeline is not None, "start() makes the lifeline first"
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
-            target=_worker_main, args=(child, self.task_ref, self.threads, dict(os.environ)),
+            target=_worker_main,
+            args=(child, self.task_ref, self.threads, dict(os.environ), self._lifeline[0]),
             daemon=True,
         )
         proc.start()
@@ -138,6 +211,11 @@ class LocalExecutor(Executor):
     def start(self) -> None:
         if self._slots:
             return
+        own_mp_temp_dir()
+        if self._lifeline is None:
+            # Workers get the read end; only this process holds the write end (see
+            # _die_with_controller). Never written to, closed in close().
+            self._lifeline = self._ctx.Pipe(duplex=False)
         if self._ctx.get_start_method() == "forkserver":
             self._warm_forkserver()
         self._slots = [self._spawn() for _ in range(self.workers)]
@@ -191,6 +269,15 @@ class LocalExecutor(Executor):
             slot.process.kill()
         slot.process.join(timeout=5)
         slot.conn.close()
+        if not slot.process.is_alive():
+            # It may have died after renaming its checkpoint into place but before reporting it
+            # (nobody will ever record that checkpoint, and nobody can write it any more), or
+            # half-way through writing one (a .tmp-* folder of a dead pid): remove both now,
+            # not at the next start, so that a finished run leaves no leaked files.
+            with contextlib.suppress(CheckpointError, OSError):
+                folder = CheckpointDir(spec.checkpoint_root)
+                folder.delete(folder.path_for(spec.save_checkpoint))
+                folder.clean_orphans()
         self._slots[i] = self._spawn()
         self.restarts += 1
         for w, s in list(self._last_slot.items()):
@@ -305,9 +392,15 @@ class LocalExecutor(Executor):
         return total
 
     def close(self) -> None:
+        busy = [slot.spec for slot in self._slots if slot.spec is not None]
         for slot in self._slots:
-            with contextlib.suppress(OSError, BrokenPipeError):
-                slot.conn.send(("stop", None))
+            if slot.spec is not None:
+                # A segment still running when the controller stops (Ctrl-C, SIGTERM, an
+                # error) would finish and write a checkpoint nobody records: stop it now.
+                slot.process.kill()
+            else:
+                with contextlib.suppress(OSError, BrokenPipeError):
+                    slot.conn.send(("stop", None))
         for slot in self._slots:
             slot.process.join(timeout=2)
             if slot.process.is_alive():
@@ -315,3 +408,12 @@ class LocalExecutor(Executor):
                 slot.process.join(timeout=2)
             slot.conn.close()
         self._slots = []
+        for spec in busy:  # their writers are dead: remove what they left
+            with contextlib.suppress(CheckpointError, OSError):
+                folder = CheckpointDir(spec.checkpoint_root)
+                folder.delete(folder.path_for(spec.save_checkpoint))
+                folder.clean_orphans()
+        if self._lifeline is not None:
+            for end in self._lifeline:
+                end.close()
+            self._lifeline = None

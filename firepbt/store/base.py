@@ -19,6 +19,10 @@ Rules of the contract (the conformance suite in ``firepbt.store.conformance`` ch
   is never overwritten.
 * **Lock.** ``acquire_lock`` raises ``ExperimentLocked`` naming pid, host and since-time while
   another holder's lock is fresher than ``stale_after_s``; a stale lock is taken over.
+* **Fencing.** ``transaction(fence=holder)`` checks, inside the transaction and so atomically
+  with its commit, that ``holder`` (compared by token) still holds the lock. If another holder
+  took it over (a controller paused past the lock's expiry, then resumed), it raises
+  ``LockLost`` (an ``ExperimentLocked``) naming both holders, and nothing of the block commits.
 """
 
 from __future__ import annotations
@@ -151,8 +155,17 @@ class Store(ABC):
         self.close()
 
     @abstractmethod
-    def transaction(self) -> contextlib.AbstractContextManager[None]:
-        """All writes inside commit together or roll back together; does not nest."""
+    def transaction(
+        self, fence: LockHolder | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """All writes inside commit together or roll back together; does not nest.
+
+        Args:
+            fence: when given, the transaction first checks (inside itself, so no other
+                holder can take the lock between the check and the commit) that ``fence``
+                still holds the experiment lock, and raises ``LockLost`` before running the
+                block if it does not.
+        """
 
     # -- experiment --------------------------------------------------------------------------
     @abstractmethod

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from firepbt.errors import ConfigError, ExperimentLocked, StoreError
+from firepbt.errors import ConfigError, ExperimentLocked, LockLost, StoreError
 from firepbt.store.base import (
     EVALUATOR,
     MEMBER,
@@ -55,6 +55,10 @@ __all__ = [
     "test_empty_store",
     "test_events_get_increasing_ids_and_filter",
     "test_experiment_created_once",
+    "test_fenced_transaction_commits_while_the_lock_is_held",
+    "test_fenced_transaction_of_a_replaced_holder_commits_nothing",
+    "test_fenced_transaction_sees_a_takeover_by_another_connection",
+    "test_future_heartbeat_is_not_reported_as_a_negative_age",
     "test_failed_write_inside_transaction_keeps_the_rest",
     "test_live_lock_blocks_a_second_holder",
     "test_lock_acquire_refresh_release",
@@ -517,6 +521,64 @@ def test_lock_is_shared_between_connections(store_factory: StoreFactory, store: 
             second.acquire_lock(_holder(2, "b"), stale_after_s=30, now=101.0)
     finally:
         second.close()
+
+
+def test_future_heartbeat_is_not_reported_as_a_negative_age(store: Store) -> None:
+    # A heartbeat written by a host whose clock runs ahead of ours lies in our future.
+    store.acquire_lock(_holder(1, "a"), stale_after_s=30, now=104.9)
+    with pytest.raises(ExperimentLocked) as err:
+        store.acquire_lock(_holder(2, "b"), stale_after_s=30, now=100.0)
+    msg = str(err.value)
+    assert "-4.9s" not in msg and "last heartbeat just now" in msg and "4.9s ahead" in msg
+
+
+# -- fencing ---------------------------------------------------------------------------------
+
+
+def test_fenced_transaction_commits_while_the_lock_is_held(store: Store) -> None:
+    me = _holder(1, "mine")
+    store.acquire_lock(me, stale_after_s=30, now=100.0)
+    # A lapsed heartbeat alone does not fence: nobody else took the lock.
+    with store.transaction(fence=me):
+        store.put_state("round", 1)
+    assert store.get_state("round") == 1
+    store.release_lock(me)
+    lost = r"pid 1 on host host-1\) lost the experiment lock: nobody holds it"
+    with pytest.raises(LockLost, match=lost), store.transaction(fence=me):
+        store.put_state("round", 2)
+    assert store.get_state("round") == 1
+
+
+def test_fenced_transaction_of_a_replaced_holder_commits_nothing(store: Store) -> None:
+    old, new = _holder(1, "old"), _holder(2, "new")
+    store.acquire_lock(old, stale_after_s=30, now=100.0)
+    store.acquire_lock(new, stale_after_s=30, now=200.0)  # stale: taken over
+    with pytest.raises(LockLost) as err, store.transaction(fence=old):
+        store.put_state("round", 1)  # never reached: the check comes first
+    assert isinstance(err.value, ExperimentLocked)
+    assert "pid 1 on host host-1" in str(err.value) and "pid 2 on host host-2" in str(err.value)
+    assert store.get_state("round") is None
+    with store.transaction(fence=new):  # the new holder commits, and the store is usable
+        store.put_state("round", 2)
+    assert store.get_state("round") == 2
+
+
+def test_fenced_transaction_sees_a_takeover_by_another_connection(
+    store_factory: StoreFactory, store: Store
+) -> None:
+    _persistent_only(store_factory)
+    old, new = _holder(1, "old"), _holder(2, "new")
+    store.acquire_lock(old, stale_after_s=30, now=100.0)
+    with store.transaction(fence=old):
+        store.put_state("round", 1)
+    other = store_factory()
+    try:
+        other.acquire_lock(new, stale_after_s=30, now=200.0)
+        with pytest.raises(LockLost, match="pid 2 on host host-2"), store.transaction(fence=old):
+            store.put_worker(_worker(1))
+        assert other.workers() == [] and other.get_state("round") == 1
+    finally:
+        other.close()
 
 
 # -- many processes --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar
 
-from firepbt.errors import ConfigError, ExperimentLocked, StoreError
+from firepbt.errors import ConfigError, ExperimentLocked, LockLost, StoreError
 from firepbt.store.base import (
     PENDING,
     RUNNING,
@@ -187,11 +187,46 @@ def check_lock(
     other, heartbeat = current
     if other.token == holder.token or now - heartbeat > stale_after_s:
         return
-    since = datetime.fromtimestamp(other.since, tz=UTC).isoformat(timespec="seconds")
     raise ExperimentLocked(
-        f"experiment in use by pid {other.pid} on host {other.host} since {since}; "
-        f"last heartbeat {now - heartbeat:.1f}s ago (the lock goes stale after "
-        f"{stale_after_s:g}s without one)"
+        f"experiment in use by {describe_holder(other)}; last heartbeat "
+        f"{heartbeat_age(heartbeat, now)} (the lock goes stale after {stale_after_s:g}s "
+        "without one)"
+    )
+
+
+def describe_holder(holder: LockHolder) -> str:
+    """``pid P on host H since <ISO time>``: who holds (or held) a lock, for messages."""
+    since = datetime.fromtimestamp(holder.since, tz=UTC).isoformat(timespec="seconds")
+    return f"pid {holder.pid} on host {holder.host} since {since}"
+
+
+def heartbeat_age(heartbeat: float, now: float) -> str:
+    """How long ago ``heartbeat`` was, in words; never a negative age.
+
+    A heartbeat can lie in our future: it was written by another host whose clock runs ahead,
+    or by a takeover that dated its heartbeat just past the stale one. Saying "-4.9s ago" would
+    read as a bug; say "just now" and how far ahead that clock is instead.
+    """
+    age = now - heartbeat
+    if age >= 0.05:
+        return f"{age:.1f}s ago"
+    if age > -0.05:
+        return "just now"
+    return f"just now (its clock is {-age:.1f}s ahead of ours)"
+
+
+def check_fence(current: tuple[LockHolder, float] | None, fence: LockHolder) -> None:
+    """Raise ``LockLost`` unless ``fence`` holds the lock (by token) in ``current``.
+
+    Only the token counts: a holder whose heartbeat lapsed but whom nobody replaced still owns
+    the experiment, and may go on committing.
+    """
+    if current is not None and current[0].token == fence.token:
+        return
+    who = "nobody holds it now" if current is None else f"{describe_holder(current[0])} holds it"
+    raise LockLost(
+        f"this controller (pid {fence.pid} on host {fence.host}) lost the experiment lock: "
+        f"{who}; stopping without committing (the store keeps the other controller's state)"
     )
 
 
@@ -253,10 +288,14 @@ class MemoryStore(Store):
         """Nothing to release; the data lives as long as the object."""
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, fence: LockHolder | None = None) -> Iterator[None]:
         with self._mutex:
             if self._undo is not None:
                 raise StoreError("transactions do not nest: a transaction is already open")
+            if fence is not None:
+                # The mutex is held until the block ends, so nobody can take the lock between
+                # this check and the end of the transaction.
+                check_fence(self._tables["lock"].get(1), fence)
             self._undo = []
             event_seq = self._event_seq
             try:

@@ -44,6 +44,7 @@ from firepbt.store.base import (
     WorkerRecord,
 )
 from firepbt.store.memory import (
+    check_fence,
     check_lock,
     columns,
     dump_json,
@@ -317,7 +318,7 @@ class SQLiteStore(Store):
                 self._conn = None
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, fence: LockHolder | None = None) -> Iterator[None]:
         with self._mutex:
             if self._in_tx:
                 raise StoreError("transactions do not nest: a transaction is already open")
@@ -326,6 +327,12 @@ class SQLiteStore(Store):
                 self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
             self._in_tx = True
             try:
+                if fence is not None:
+                    # BEGIN IMMEDIATE holds the write lock: a takeover (itself a write) cannot
+                    # slip in between this check and the COMMIT.
+                    with self._translated():
+                        current = self._lock_row(conn)
+                    check_fence(current, fence)
                 yield
                 with self._translated():
                     conn.execute("COMMIT")

@@ -20,6 +20,7 @@ from rel_helpers import assert_invariants
 from firepbt import PBT, Result, run
 from firepbt.algorithms.base import Decision, Exploit, Snapshot
 from firepbt.algorithms.fire import FirePBT
+from firepbt.checkpoints import CheckpointDir
 from firepbt.errors import RunFailed
 from firepbt.executors.inprocess import InProcessExecutor
 from firepbt.store import EVALUATOR, MemoryStore
@@ -132,7 +133,7 @@ def test_donor_checkpoint_gone_during_exploit_skips_and_logs(
 ) -> None:
     """#3: never a crash, never a restart from scratch: the exploit is skipped and logged."""
     _deleted.clear()
-    DonorVanishes.root[:] = [tmp_path / "s.ckpt"]
+    DonorVanishes.root[:] = [tmp_path / "s.db.ckpt"]
     with caplog.at_level(logging.WARNING, logger="firepbt"):
         res = quick(store=str(tmp_path / "s.db"), algorithm=DonorVanishes(population=4))
     skipped = res.events("exploit_skipped")
@@ -237,6 +238,10 @@ class EvaluatorKiller(InProcessExecutor):
                 self.n is None or self.killed < self.n
             ):
                 self.killed += 1
+                # A worker found dead leaves no checkpoint behind: the process executor removes
+                # one it completed but never reported (LocalExecutor._fail). Do the same here.
+                assert r.checkpoint_path is not None
+                CheckpointDir(Path(r.checkpoint_path).parent).delete(r.checkpoint_path)
                 r = SegmentResult(r.worker, r.segment, r.epoch, (), r.end_step, None, None,
                                   error="worker process died (exit code -9)")
             out.append(r)

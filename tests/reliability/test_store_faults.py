@@ -12,7 +12,7 @@ import pytest
 from rel_helpers import assert_invariants, leftover_temp_dirs
 
 from firepbt import PBT, resume, run
-from firepbt.checkpoints import CheckpointDir, CheckpointFormatError
+from firepbt.checkpoints import CheckpointDir, CheckpointFormatError, default_root
 from firepbt.errors import FormatVersionError, StoreError
 from firepbt.invariants import check_store
 from firepbt.store import SegmentRecord, open_store
@@ -132,7 +132,7 @@ def test_long_run_keeps_files_temp_dirs_and_checkpoints_bounded(tmp_path: Path) 
     decisions = res.store.get_state("tick")
     assert decisions >= 990  # one decision per ready point: 4 members x 250 (minus the end)
     assert len(res.events("exploit")) >= 10
-    ckpt_root = path.with_suffix(".ckpt")
+    ckpt_root = default_root(path)
     on_disk = [p for p in ckpt_root.iterdir() if p.name.startswith("c")]
     members = len(res.store.workers())
     # Retention keeps 1 per writer plus pinned current ones; collection is amortised.

@@ -14,6 +14,7 @@ import pytest
 from rel_helpers import assert_invariants, fingerprint, leftover_temp_dirs, write_task
 
 from firepbt import PBT, resume, run
+from firepbt.checkpoints import default_root
 from firepbt.controller import Controller
 from firepbt.faults import FAULT_DIR_ENV, arm
 from firepbt.store import COMPLETED, open_store
@@ -124,12 +125,13 @@ def test_worker_killed_while_writing_a_checkpoint_leaves_no_partial_one(
     res = faulty_run(task, path)
     assert_all_members_finished(res)
     assert len(failures(path)) == 1
-    ckpt_root = path.with_suffix(".ckpt")
+    ckpt_root = default_root(path)
     # The killed writer left only a temporary directory, never a c<id> one without a record.
     recorded = {Path(c.path).name for c in res.store.checkpoints()}
-    on_disk = {p.name for p in ckpt_root.iterdir() if not p.name.startswith(".tmp-")}
+    on_disk = {p.name for p in ckpt_root.iterdir() if p.name.startswith("c")}
     assert on_disk <= recorded
-    assert len(leftover_temp_dirs(ckpt_root)) == 1
+    # The executor removed the dead writer's temporary directory as soon as it found it dead.
+    assert leftover_temp_dirs(ckpt_root) == []
     assert_invariants(res.store)
     res.store.close()
     resume(str(path), executor="inprocess")  # the next start sweeps the orphan
@@ -213,7 +215,7 @@ def test_disk_full_stops_resumably_without_temp_files(tmp_path: Path,
     with pytest.raises(OSError) as err:
         run("quadratic", store=str(path), **kw)  # type: ignore[arg-type]
     assert err.value.errno == errno.ENOSPC and "resume" in str(err.value)
-    assert leftover_temp_dirs(path.with_suffix(".ckpt")) == []
+    assert leftover_temp_dirs(default_root(path)) == []
     assert len(failures(path)) == 1  # failed once, not retried in a loop
     st = open_store(str(path), create=False)
     assert st.get_state("status") == "stopped"
