@@ -360,6 +360,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from firepbt.dashboard.server import (
+        LOOPBACK_NAMES,
+        create_app,
+        expand_stores,
+        is_loopback,
+        serve,
+        warn_if_exposed,
+    )
+
+    host = args.host or "127.0.0.1"
+    # On loopback only loopback Host headers are served (no DNS rebinding); an explicit other
+    # address is served under any name (and warned about below).
+    hosts = LOOPBACK_NAMES if is_loopback(host) else ("*",)
+    stores = [_existing(s) for s in expand_stores(args.stores)]
+    app = create_app(stores, poll_s=args.poll, allowed_hosts=hosts)
+    warn_if_exposed(host, args.port, lambda m: print(f"firepbt: {m}", file=sys.stderr))
+    shown = f"[{host}]" if ":" in host else host
+    print(f"firepbt dashboard: http://{shown}:{args.port}/ ({len(stores)} run(s), "
+          "read-only; Ctrl-C stops)", flush=True)
+    serve(app, host=host, port=args.port)
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from firepbt.replay import ScheduleLambda, replay
 
@@ -560,6 +584,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2, help="parallel worker processes")
     d.add_argument("--quick", action="store_true", help="a smaller run (for tests)")
     d.set_defaults(fn=cmd_demo)
+
+    db = sub.add_parser("dashboard", help="a live web view of one or more runs (read-only)",
+                        formatter_class=fmt)
+    db.add_argument("stores", nargs="+", metavar="STORE",
+                    help="store files or URLs, or folders (every *.db under them)")
+    db.add_argument("--port", type=int, default=8000, help="port to serve on")
+    db.add_argument("--host", help="address to bind (default 127.0.0.1; another one exposes "
+                    "the dashboard to the network, with a warning)")
+    db.add_argument("--poll", type=float, default=2.0, help="seconds between page refreshes")
+    db.set_defaults(fn=cmd_dashboard)
     return p
 
 

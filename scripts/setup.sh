@@ -19,4 +19,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch is pinned (==2.13.0, a CPU wheel); a range would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[torch,rl,lightning,huggingface,tensorboard,dev]"
+# The dashboard and its browser tests: Debian's chromium, driven headless by Playwright for
+# Python (Playwright's own browser download is never used: it fails offline).
+if [ ! -x /usr/bin/chromium ]; then
+    echo "installing the Debian package chromium (headless browser tests)"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dashboard,browser]"
 touch .venv/.firepbt-setup

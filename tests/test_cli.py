@@ -57,7 +57,7 @@ def test_report_command(finished_store: Path, tmp_path: Path,
     out_file = tmp_path / "r.html"
     code, out, _ = _run(capsys, "report", str(finished_store), "-o", str(out_file))
     assert code == 0 and out.strip() == str(out_file)
-    assert "data:image/png;base64" in out_file.read_text()
+    assert "FP.offline(" in out_file.read_text()  # the interactive, self-contained page
 
 
 def test_resume_finished_store_is_a_no_op(finished_store: Path,
