@@ -27,7 +27,7 @@ from typing import Any
 
 from firepbt.dashboard.data import RunData, overview, views
 from firepbt.dashboard.page import offline_page
-from firepbt.errors import ConfigError
+from firepbt.errors import ConfigError, FirePBTError
 from firepbt.store import open_store
 from firepbt.store.base import Store
 
@@ -133,6 +133,11 @@ def _write(path: Path, page: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so a reader never sees half a page.
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        # A full disk must leave no half-written temp file behind, and say so in one line.
+        tmp.unlink(missing_ok=True)
+        raise FirePBTError(f"cannot write the report {path}: {exc.strerror or exc}") from exc
     return path
