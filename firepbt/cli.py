@@ -213,6 +213,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         h, beat = holder
         ago = max(0.0, time.time() - beat)
         print(f"lock: pid {h.pid} on {h.host} (last heartbeat {ago:.0f} s ago)")
+    if res.status() == "running" and _controller_gone(holder):
+        print(f"  no controller is running it any more (stopped or killed): continue it with "
+              f"firepbt resume {args.store}")
     cfg = exp["config"]
     print(f"steps {cfg['steps']}  interval {cfg['interval']}  eval_every {cfg['eval_every']}  "
           f"seed {cfg['seed']}  mode {cfg['mode']}  metric {res.metric.describe()}")
@@ -227,6 +230,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_eta(res, exp)
     _print_failures(res, args.store, full=args.failures)
     return 0
+
+
+def _controller_gone(holder: Any) -> bool:
+    """Whether a store that says "running" has lost its controller."""
+    from firepbt.controller import Controller, _holder_is_dead
+
+    if holder is None:
+        return True
+    h, beat = holder
+    return _holder_is_dead(h) or time.time() - beat > Controller.LOCK_STALE_S
 
 
 def _print_eta(res: Any, exp: dict[str, Any]) -> None:
@@ -351,6 +364,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from firepbt.demo import demo
 
     demo(Path(args.out), quick=args.quick, workers=args.workers)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from firepbt.dashboard.server import (
+        LOOPBACK_NAMES,
+        create_app,
+        expand_stores,
+        is_loopback,
+        serve,
+        warn_if_exposed,
+    )
+
+    host = args.host or "127.0.0.1"
+    # On loopback only loopback Host headers are served (no DNS rebinding); an explicit other
+    # address is served under any name (and warned about below).
+    hosts = LOOPBACK_NAMES if is_loopback(host) else ("*",)
+    stores = [_existing(s) for s in expand_stores(args.stores)]
+    app = create_app(stores, poll_s=args.poll, allowed_hosts=hosts)
+    warn_if_exposed(host, args.port, lambda m: print(f"firepbt: {m}", file=sys.stderr))
+    shown = f"[{host}]" if ":" in host else host
+    print(f"firepbt dashboard: http://{shown}:{args.port}/ ({len(stores)} run(s), "
+          "read-only; Ctrl-C stops)", flush=True)
+    serve(app, host=host, port=args.port)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from firepbt.replay import ScheduleLambda, replay
+
+    res = _result(args.store)
+    member = res.best if args.member == "best" else int(args.member)
+    out = replay(res.store, member=member, seed=args.seed, from_ancestors=args.from_ancestors,
+                 log=print)
+    print(f"schedule of member {out.member}" + (" (best)" if out.member == res.best else ""))
+    for p in out.schedule:
+        hp = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(p.hparams.items()))
+        print(f"  steps {p.start_step:>6}-{p.end_step:<6} {hp}")
+    if out.applied:
+        print("applied (read back from the optimiser/scheduler by the integration):")
+        for e in out.applied:
+            vals = ", ".join(f"{k}={_fmt(v[0]) if len(set(v)) == 1 else v}"
+                             for k, v in sorted(e["applied"].items()))
+            print(f"  from step {e['step']:>6}: {vals}")
+    how = "the exact lineage" if out.from_ancestors else "from scratch"
+    print(f"replayed {how} (seed {out.seed}): final metric {_fmt(out.metric)}")
+    print(f"population (member {out.member}): final metric {_fmt(out.population_metric)}")
+    if out.from_ancestors:
+        print(f"largest curve difference to the recorded lineage: "
+              f"{_fmt(out.max_curve_difference())}")
+    if args.export_lr:
+        key = args.lr_key
+        Path(args.export_lr).write_text(ScheduleLambda.from_schedule(out.schedule, key).to_json())
+        print(f"lr schedule ({key}) for LambdaLR: {args.export_lr}")
+    if args.json:
+        print(json.dumps({"member": out.member, "seed": out.seed, "metric": out.metric,
+                          "population_metric": out.population_metric,
+                          "from_ancestors": out.from_ancestors, "task_file": out.task_file}))
     return 0
 
 
@@ -502,12 +573,35 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--store", help="controller bench: also measure this postgresql:// URL")
     b.set_defaults(fn=cmd_bench)
 
+    rl = sub.add_parser("replay", help="train one fresh model with the learned schedule (imports "
+                        "the task the store names)", formatter_class=fmt)
+    rl.add_argument("store", help="the experiment's store file or URL")
+    rl.add_argument("--member", default="best", help="'best' or a member id")
+    rl.add_argument("--seed", type=int, default=0, help="seed of the fresh model")
+    rl.add_argument("--from-ancestors", action="store_true",
+                    help="replay the exact lineage (root's seed, weight copies) as a check")
+    rl.add_argument("--export-lr", metavar="FILE.json",
+                    help="write the lr schedule for firepbt.replay.ScheduleLambda / LambdaLR")
+    rl.add_argument("--lr-key", default="lr", help="the learning-rate hyperparameter's name")
+    rl.add_argument("--json", action="store_true", help="print one JSON object last")
+    rl.set_defaults(fn=cmd_replay)
+
     d = sub.add_parser("demo", help="the README's main job: FIRE PBT vs PBT, then a report",
                        formatter_class=fmt)
     d.add_argument("--out", default="runs/demo", help="folder for the stores and reports")
     d.add_argument("--workers", type=int, default=2, help="parallel worker processes")
     d.add_argument("--quick", action="store_true", help="a smaller run (for tests)")
     d.set_defaults(fn=cmd_demo)
+
+    db = sub.add_parser("dashboard", help="a live web view of one or more runs (read-only)",
+                        formatter_class=fmt)
+    db.add_argument("stores", nargs="+", metavar="STORE",
+                    help="store files or URLs, or folders (every *.db under them)")
+    db.add_argument("--port", type=int, default=8000, help="port to serve on")
+    db.add_argument("--host", help="address to bind (default 127.0.0.1; another one exposes "
+                    "the dashboard to the network, with a warning)")
+    db.add_argument("--poll", type=float, default=2.0, help="seconds between page refreshes")
+    db.set_defaults(fn=cmd_dashboard)
     return p
 
 

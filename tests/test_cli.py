@@ -57,7 +57,7 @@ def test_report_command(finished_store: Path, tmp_path: Path,
     out_file = tmp_path / "r.html"
     code, out, _ = _run(capsys, "report", str(finished_store), "-o", str(out_file))
     assert code == 0 and out.strip() == str(out_file)
-    assert "data:image/png;base64" in out_file.read_text()
+    assert "FP.offline(" in out_file.read_text()  # the interactive, self-contained page
 
 
 def test_resume_finished_store_is_a_no_op(finished_store: Path,
@@ -106,3 +106,19 @@ def test_user_task_file_with_function_form(tmp_path: Path, capsys: pytest.Captur
     assert status.count("step     40") == 4
     # The best member's metric is the sum of its rates: at most 40 * 1.0.
     assert "best:" in status
+
+
+def test_report_on_a_full_disk_leaves_no_temp_file_and_says_why(
+    finished_store: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    # A real ENOSPC from the kernel: the temp file is a link to /dev/full.
+    (tmp_path / ".r.html.tmp").symlink_to("/dev/full")
+    proc = subprocess.run([sys.executable, "-m", "firepbt.cli", "report", str(finished_store),
+                           "-o", str(tmp_path / "r.html")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / ".r.html.tmp").exists() and not (tmp_path / "r.html").exists()

@@ -184,3 +184,20 @@ def test_ctrl_c_stops_with_one_line_and_no_worker_tracebacks(tmp_path: Path) -> 
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
     resumed = firepbt("resume", "s.db", "-q", cwd=tmp_path, check=True)
     assert "status: finished" in resumed.stdout
+
+
+def test_status_after_a_kill_says_no_controller_runs_it(tmp_path: Path) -> None:
+    import signal
+
+    proc = subprocess.Popen([*FIREPBT, "run", "sleep", "--population", "2", "--store", "k.db"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # bounded: the run ends by itself
+        if "member-steps" in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    out = firepbt("status", "k.db", cwd=tmp_path, check=True).stdout
+    assert "status: running" in out
+    assert "no controller is running it any more" in out and "firepbt resume k.db" in out

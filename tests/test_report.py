@@ -1,36 +1,35 @@
-"""Tests for firepbt.report: the self-contained HTML report and the comparison page."""
+"""Tests for firepbt.report: the self-contained interactive report and the comparison page.
+
+The page's views are drawn in the browser from the run's data embedded in the page; these tests
+check that data (what every view shows) and the page's self-containment. tests/dashboard/
+opens the pages in a real browser.
+"""
 
 from __future__ import annotations
 
-import base64
 import importlib.util
-import math
+import json
 import re
 import time
 from collections.abc import Mapping, Sequence
-from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from firepbt.algorithms import PBT, RandomSearch
 from firepbt.api import run
-from firepbt.errors import ConfigError, StoreError
-from firepbt.report import (
-    MAX_TABLE_ROWS,
-    _changes_text,
-    _finite_runs,
-    _fitness_figure,
-    _fmt,
-    _RunData,
-    _schedule_figure,
-    _spans_decade,
-    write_comparison,
-    write_report,
+from firepbt.dashboard.data import (
+    MAX_EVENT_ROWS,
+    MAX_POINTS,
+    changes_text,
+    fmt,
+    overview,
+    spans_decade,
 )
+from firepbt.dashboard.page import embed_json
+from firepbt.errors import ConfigError, StoreError
+from firepbt.report import _RunData, write_comparison, write_report
 from firepbt.result import Result
 from firepbt.space import LogUniform, Space, Uniform
 from firepbt.store import (
@@ -49,11 +48,11 @@ from firepbt.store import (
     open_store,
 )
 from firepbt.tasks.toys import DeceptiveToy, QuadraticToy
+from firepbt.trainable import Metric
 
-ODD = "<lr&>"  # a hyperparameter name that must be escaped
-ODD_ESCAPED = "&lt;lr&amp;&gt;"
-IMG = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+ODD = "<lr&>"  # a hyperparameter name that must stay text
 HAS_FIRE = importlib.util.find_spec("firepbt.algorithms.fire") is not None
+DATA = re.compile(r"<script id='fp-data' type='application/json'>(.*?)</script>", re.S)
 
 
 def quadratic_space() -> Space:
@@ -61,22 +60,22 @@ def quadratic_space() -> Space:
     return Space(h0=Uniform(0.0, 1.0), h1=Uniform(0.0, 1.0), **{ODD: LogUniform(1e-4, 1.0)})
 
 
-def images(page: str) -> list[bytes]:
-    return [base64.b64decode(m) for m in IMG.findall(page)]
-
-
-def lineage_rows(page: str) -> list[str]:
-    """The body rows of the lineage table (the last table on a single-run page)."""
-    table = page[page.rindex("<table>"):]
-    return re.findall(r"<tr(?: class='best')?><td>.*?</tr>", table)
+def runs_of(page: str) -> list[dict[str, Any]]:
+    """The run payloads embedded in a page (what its views draw)."""
+    m = DATA.search(page)
+    assert m is not None, "no embedded data"
+    runs: list[dict[str, Any]] = json.loads(m.group(1))["runs"]
+    return runs
 
 
 def assert_self_contained(page: str) -> None:
     assert page.startswith("<!DOCTYPE html>")
-    assert "http://" not in page and "https://" not in page
-    assert "<script" not in page
-    pngs = images(page)
-    assert pngs and all(p.startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
+    # Nothing is loaded from anywhere: no src/href to a file or a server.
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    assert not re.search(r"<link[^>]*\bhref=['\"](?!data:)", page)
+    assert "plotly.js (basic - minified)" in page and "FP.offline(" in page
+    # The only "</script" in the page close our own script blocks.
+    assert page.count("</script>") == page.count("<script")
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,21 +103,33 @@ def test_report_of_a_pbt_run(pbt_db: str) -> None:
     assert out == Path(pbt_db).with_suffix(".html")
     page = out.read_text(encoding="utf-8")
     assert_self_contained(page)
-    assert len(images(page)) == 2  # fitness curves and schedules; no evaluator timeline
+    [data] = runs_of(page)
     with open_store(pbt_db, create=False) as st:
         res = Result(st)
         best, best_metric = res.best, res.best_metric
         assert best is not None
         exploits = len(res.events("exploit"))
         lineage = res.lineage()
-    assert exploits > 0  # the run must exercise the lineage table
-    assert f"<th>Best member (P1)</th><td>worker {best}</td>" in page
-    assert f"<th>Best metric</th><td>{_fmt(best_metric)}</td>" in page
-    assert f"<th>Exploits</th><td>{exploits}</td>" in page
-    assert f"<tr class='best'><td>{best}</td><td>P1</td>" in page
-    assert len(lineage_rows(page)) == len(lineage)
-    assert ODD_ESCAPED in page and ODD not in page
-    assert "Evaluators</h2>" not in page
+        finals = res.final_metrics(subpop=None)
+        segments = st.segments()
+    assert exploits > 0  # the run must exercise the lineage views
+    assert (data["best"], data["best_metric"]) == (best, best_metric)
+    assert data["counts"]["exploit"] == exploits
+    assert data["metric"] == {"name": "fitness", "mode": "max", "direction": "higher is better"}
+    assert data["status"] == "finished" and not data["is_fire"]
+    assert data["progress"]["done"] == data["progress"]["total"] == 4 * 24
+    assert [r["kind"] for r in data["lineage"]] == [e.kind for e in lineage]
+    assert {int(k): v for k, v in data["final"].items()} == finals
+    # Every segment with its points and hyperparameters: what the curve hover reads.
+    assert [s[0] for s in data["segments"]] == [s.id for s in segments]
+    for s in data["segments"]:
+        seg = next(x for x in segments if x.id == s[0])
+        assert data["hparams"][s[4]] == dict(seg.hparams)
+    # The log axis comes from the space: LogUniform -> log, Uniform -> linear.
+    assert {h["key"]: h["log"] for h in data["hp_keys"]} == {"h0": False, "h1": False, ODD: True}
+    # The odd key is in the data, escaped so it cannot end the script block.
+    assert "\\u003clr&>" in page and ODD not in page
+    assert ["space.h0", "uniform(low=0, high=1)"] in data["settings"]
 
 
 def test_lineage_queries_match_result(pbt_db: str) -> None:
@@ -129,6 +140,24 @@ def test_lineage_queries_match_result(pbt_db: str) -> None:
         for w in data.members():
             assert data.schedule(w.id) == res.schedule(w.id)
             assert data.current_curve(w.id) == res.current_curve(w.id)
+
+
+def test_graph_edges_follow_the_checkpoints(pbt_db: str) -> None:
+    [data] = runs_of(write_report(pbt_db).read_text(encoding="utf-8"))
+    with open_store(pbt_db, create=False) as st:
+        ckpts = {c.id: c for c in st.checkpoints(include_deleted=True)}
+        exploits = {(e.worker, e.donor_checkpoint) for e in st.events("exploit")}
+    nodes = data["graph"]["nodes"]
+    assert nodes and len(nodes) == sum(1 for s in data["segments"] if s[7] == COMPLETED)
+    handoffs = 0
+    for n in nodes:
+        c = ckpts[n["ckpt"]]
+        assert (n["worker"], n["step"], n["parent"]) == (c.worker, c.step, c.parent)
+        if n["edge"] is not None:  # weights came from another worker: an exploit here
+            handoffs += 1
+            assert n["edge"] == "exploit" and (n["worker"], n["parent"]) in exploits
+    assert handoffs > 0
+    assert data["best_lineage"][-1] == data["workers"][data["best"]]["checkpoint"]
 
 
 def test_a_store_passed_in_is_left_open(pbt_db: str, tmp_path: Path) -> None:
@@ -146,21 +175,65 @@ def test_write_comparison(pbt_db: str, random_db: str, tmp_path: Path) -> None:
                            title="Quadratic <toy>")
     page = out.read_text(encoding="utf-8")
     assert_self_contained(page)
-    # Two comparison plots, then each run's two plots.
-    assert len(images(page)) == 2 + 2 + 2
     assert "<title>Quadratic &lt;toy&gt;</title>" in page
-    assert "<a href='#run-0'>PBT &lt;1&gt;</a>" in page
-    assert "<a href='#run-1'>random &amp; co</a>" in page
-    assert "<section id='run-0'>" in page and "<section id='run-1'>" in page
-    metrics = {}
-    for label, db in (("PBT &lt;1&gt;", pbt_db), ("random &amp; co", random_db)):
+    runs = runs_of(page)
+    assert [r["label"] for r in runs] == ["PBT <1>", "random & co"]
+    assert json.loads(DATA.search(page).group(1))["tab"] == 2  # opens on the comparison
+    for r, db in zip(runs, (pbt_db, random_db), strict=True):
         with open_store(db, create=False) as st:
             res = Result(st)
-            metrics[label] = res.best_metric
-            assert f"<td>{label}</td>" in page
-            assert f"<td>worker {res.best}</td><td>{_fmt(res.best_metric)}</td>" in page
-    winner = max(metrics, key=lambda k: metrics[k] or float("-inf"))
-    assert f"<tr class='best'><td>{winner}</td>" in page
+            assert (r["best"], r["best_metric"]) == (res.best, res.best_metric)
+            assert r["best_curve"][1][-1] == res.best_metric
+    assert runs[1]["algorithm"] == "random" and "exploit" not in runs[1]["counts"]
+
+
+def test_a_min_metric_is_named_and_ranked_lowest_first(tmp_path: Path) -> None:
+    db = str(tmp_path / "loss.db")
+    # PBT told that lower is better on the quadratic toy: the "best" member is the lowest.
+    run(QuadraticToy, quadratic_space(), PBT(population=4), steps=16, interval=4, store=db,
+        executor="inprocess", seed=0, metric=Metric("loss", "min")).store.close()
+    [data] = runs_of(write_report(db).read_text(encoding="utf-8"))
+    assert data["metric"] == {"name": "loss", "mode": "min", "direction": "lower is better"}
+    with open_store(db, create=False) as st:
+        res = Result(st)
+        finals = res.final_metrics()
+        ov = overview(st)
+        best, best_metric = res.best, res.best_metric
+    assert best is not None and finals[best] == min(v for v in finals.values() if v is not None)
+    assert (data["best"], data["best_metric"]) == (best, best_metric)
+    assert (ov["best"], ov["best_metric"]) == (best, best_metric)
+
+
+class Flaky(QuadraticToy):
+    """Fails its third training call; with max_failures=1 that member is then replaced."""
+
+    calls: ClassVar[int] = 0
+
+    def train(self, steps: int) -> None:
+        Flaky.calls += 1
+        if Flaky.calls == 3:
+            raise RuntimeError(f"flaky training step (call {Flaky.calls})")
+        super().train(steps)
+
+
+def test_failures_are_shown_with_their_error(tmp_path: Path) -> None:
+    db = str(tmp_path / "flaky.db")
+    Flaky.calls = 0
+    run(Flaky, algorithm=PBT(population=3), steps=16, interval=4, store=db,
+        executor="inprocess", mode="sync", seed=0, max_failures=1)
+    [data] = runs_of(write_report(db).read_text(encoding="utf-8"))
+    with open_store(db, create=False) as st:
+        failures = st.events("failure")
+    assert len(failures) == 1
+    rows = [r for r in data["failures"] if r["kind"] == "failure"]
+    assert [(r["worker"], r["attempt"]) for r in rows] == [(e.worker, e.info["attempt"])
+                                                           for e in failures]
+    for r in rows:
+        assert "RuntimeError: flaky training step" in r["error"]
+        assert r["exception"].startswith("RuntimeError") and r["segment"] is not None
+    # After its last attempt the member was replaced from a donor (or given up).
+    assert {r["kind"] for r in data["failures"]} & {"replace", "failed"}
+    assert data["counts"]["failure"] == 1
 
 
 @pytest.mark.skipif(not HAS_FIRE, reason="firepbt.algorithms.fire is not written yet")
@@ -173,24 +246,22 @@ def test_report_of_a_fire_run(tmp_path: Path) -> None:
         steps=400, store=db, executor="inprocess", mode="sync", seed=1)
     page = write_report(db).read_text(encoding="utf-8")
     assert_self_contained(page)
-    assert len(images(page)) == 3  # curves, schedules, evaluator timeline
-    assert "Evaluators</h2>" in page
+    [data] = runs_of(page)
+    assert data["is_fire"] and data["subpops"] == [1, 2]
     with open_store(db, create=False) as st:
         res = Result(st)
-        data = _RunData.load(st)
-        for w in data.members():
-            assert data.schedule(w.id) == res.schedule(w.id)
-            assert data.current_curve(w.id) == res.current_curve(w.id)
-        assert len(data.subpops()) == 2
-        assert len(_fitness_figure(data).axes) == 2  # one panel per sub-population
+        loaded = _RunData.load(st)
+        for w in loaded.members():
+            assert loaded.schedule(w.id) == res.schedule(w.id)
+            assert loaded.current_curve(w.id) == res.current_curve(w.id)
         started = len(st.events(kind="start_evaluator"))
         transfers = st.events(kind="transfer")
-    assert transfers  # the run must exercise the transfer table
-    assert f"<td>{started} started;" in page
-    assert f"<th>Transfers</th><td>{len(transfers)}</td>" in page
-    for e in transfers:
-        assert (f"<tr><td>{e.step}</td><td>worker {e.donor}</td>"
-                f"<td>worker {e.info['evaluator']}</td><td>worker {e.worker}</td>") in page
+    assert transfers  # the run must exercise the transfer view
+    assert len(data["evaluations"]["spans"]) == started
+    assert [(t["step"], t["parent"], t["evaluator"], t["child"], t["p_value"])
+            for t in data["transfers"]] == [
+        (e.step, e.donor, e.info["evaluator"], e.worker, e.info["p_value"]) for e in transfers]
+    assert sum(1 for n in data["graph"]["nodes"] if n["edge"] == "transfer") >= 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,6 +309,7 @@ def fire_store() -> MemoryStore:
         "task": "tests:<Fake&Task>", "space": space.to_json(),
         "algorithm": {"name": "fire", "population": 5},
         "config": {"steps": 12, "interval": 4, "eval_every": 1, "seed": 3, "mode": "async"},
+        "metric": {"name": "validation accuracy", "mode": "max"},
     })
     b = Builder(st)
     h0, h1, h1b = hp(0.001, 0.5), hp(0.1, 0.2), hp(0.0012, 0.5)
@@ -279,45 +351,50 @@ def fire_store() -> MemoryStore:
 def test_fire_report_views(fire_store: MemoryStore, tmp_path: Path) -> None:
     page = write_report(fire_store, tmp_path / "f.html").read_text(encoding="utf-8")
     assert_self_contained(page)
-    assert len(images(page)) == 3
+    [data] = runs_of(page)
     assert "<title>firepbt report: tests:&lt;Fake&amp;Task&gt;</title>" in page
-    assert ODD_ESCAPED in page and ODD not in page
-    assert "<th>Best member (P1)</th><td>worker 0</td>" in page
-    assert "<th>Best metric</th><td>1.6</td>" in page
-    assert "<th>Population</th><td>4 members (P1: 2, P2: 2), 1 evaluators</td>" in page
-    assert "<th>Evaluations</th><td>2 started; stopped: p_value 1, success 1</td>" in page
+    assert data["task"] == "tests:<Fake&Task>"
+    assert data["metric"] == {"name": "validation accuracy", "mode": "max",
+                              "direction": "higher is better"}
+    assert (data["best"], data["best_metric"]) == (0, 1.6)
+    assert data["is_fire"] and data["subpops"] == [1, 2]
+    assert ["population", "4 members (P1: 2, P2: 2), 1 evaluators"] in data["settings"]
+    assert data["reasons"] == {"success": 1, "p_value": 1}
     # Completed segments of 4 steps: 11 of members (worker 0's middle one was the
     # evaluator's), 2 of the evaluator.
-    assert "members 44 (85%), evaluators 8 (15%)" in page
-    # The transfers table: step, parent, evaluator, child, p-value, delta.
-    assert ("<tr><td>8</td><td>worker 2</td><td>worker 4</td><td>worker 0</td>"
-            "<td>0.0039</td><td>0.25</td></tr>") in page
-    # FIRE fitness column: a value and a missing one.
-    assert "<th>FIRE fitness</th>" in page
-    assert "<td>P2</td><td>done</td><td>12</td><td>1.1</td><td>0.35</td>" in page
+    assert data["compute"] == {MEMBER: 44, EVALUATOR: 8}
+    assert data["transfers"] == [{"step": 8, "parent": 2, "evaluator": 4, "child": 0,
+                                  "checkpoint": 6, "p_value": 0.0039, "delta": 0.25}]
+    spans = data["evaluations"]["spans"]
+    assert [(s["evaluator"], s["reason"], s["parent"], s["child"]) for s in spans] == [
+        (4, "success", 2, 0), (4, "p_value", 3, 1)]
+    assert data["evaluations"]["axis"] == "wall time since start (s)"
+    fire = {w["id"]: w["fire"] for w in data["workers"]}
+    assert fire == {0: None, 1: None, 2: 0.35, 3: None, 4: None}
     # Lineage: the transfer handed weights down the winner's lineage, the exploit did not.
-    rows = lineage_rows(page)
-    assert len(rows) == 2
-    assert rows[0].startswith("<tr><td>4</td><td>exploit</td><td>worker 1</td>"
-                              "<td>worker 0 (checkpoint 1)</td>")
-    assert "h: 0.2 → 0.5" in rows[0] and f"{ODD_ESCAPED}: 0.1 → 0.0012" in rows[0]
-    assert rows[1].startswith("<tr class='best'><td>8</td><td>transfer</td><td>worker 0</td>")
-    assert "via evaluator 4 (p=0.0039, Δ=0.25)" in rows[1]
+    rows = data["lineage"]
+    assert [(r["step"], r["kind"], r["worker"], r["donor"], r["donor_checkpoint"], r["best"])
+            for r in rows] == [(4, "exploit", 1, 0, 1, False), (8, "transfer", 0, 2, 6, True)]
+    assert rows[0]["changes"] == f"{ODD}: 0.1 → 0.0012; h: 0.2 → 0.5"
+    # The graph: worker 0's last node came through the evaluator's checkpoint (a transfer),
+    # the evaluator's first from worker 2's (an evaluator start).
+    nodes = {n["ckpt"]: n for n in data["graph"]["nodes"]}
+    # (Checkpoint ids follow creation order: c2 = 3, c6 = 5, c4 = 6, c5 = 9.)
+    assert (nodes[9]["parent"], nodes[9]["parent_worker"], nodes[9]["edge"]) == (6, 4, "transfer")
+    assert (nodes[6]["parent_worker"], nodes[6]["edge"]) == (2, "start_evaluator")
+    assert (nodes[5]["parent_worker"], nodes[5]["edge"]) == (0, "exploit")
+    assert nodes[9]["metric"] == 1.6 and nodes[9]["hparams"] == hp(0.001, 0.5)
+    assert data["best_lineage"] == [3, 6, 9]
+    # The best member's curve: its parent's first interval, the evaluator's, then its own.
+    assert data["best_curve"][1] == [0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6]
 
 
-def test_fire_store_lineage_and_figures(fire_store: MemoryStore) -> None:
+def test_fire_store_lineage_matches_result(fire_store: MemoryStore) -> None:
     data = _RunData.load(fire_store)
     res = Result(fire_store)
     for w in data.members():
         assert data.schedule(w.id) == res.schedule(w.id)
         assert data.current_curve(w.id) == res.current_curve(w.id)
-    # The winner's curve: its parent's first interval, the evaluator's, then its own.
-    assert [v for _, v in data.current_curve(0)] == [
-        0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6]
-    assert len(_fitness_figure(data).axes) == 2
-    fig = _schedule_figure(data, ["h", ODD])
-    # LogUniform in the space -> log axis, even though the best lineage's values are close.
-    assert [ax.get_yscale() for ax in fig.axes[:2]] == ["linear", "log"]
 
 
 def test_memory_store_needs_an_out_path(fire_store: MemoryStore) -> None:
@@ -332,25 +409,25 @@ def test_a_run_without_points_yet(tmp_path: Path) -> None:
     st.put_worker(WorkerRecord(0, MEMBER, 1, {"h": 0.5}, 0, None))
     st.put_worker(WorkerRecord(1, MEMBER, 2, {"h": 0.5}, 0, None))
     st.put_worker(WorkerRecord(2, EVALUATOR, 1, {}, 0, None, status=IDLE))
-    page = write_report(st, tmp_path / "e.html").read_text(encoding="utf-8")
-    assert len(images(page)) == 3
-    assert "<th>Best member (P1)</th><td>-</td>" in page
-    assert "<th>Status</th><td>unknown</td>" in page
-    page = write_comparison({"a": st}, tmp_path / "c.html").read_text(encoding="utf-8")
-    assert "<td>a</td><td>fire</td><td>unknown</td><td>-</td><td>-</td>" in page
+    [data] = runs_of(write_report(st, tmp_path / "e.html").read_text(encoding="utf-8"))
+    assert (data["best"], data["best_metric"], data["status"]) == (None, None, "unknown")
+    assert data["points"] == {} and data["graph"]["nodes"] == []
+    assert data["progress"] == {"done": 0, "total": None, "elapsed_s": None, "eta_s": None}
+    runs = runs_of(write_comparison({"a": st}, tmp_path / "c.html").read_text(encoding="utf-8"))
+    assert runs[0]["best"] is None and runs[0]["best_curve"] == [[], []]
 
 
-def test_dollar_in_names_is_not_mathtext(tmp_path: Path) -> None:
-    key = r"$\nosuchcommand$"  # matplotlib would fail to parse this as mathtext
+def test_script_text_in_names_stays_data(tmp_path: Path) -> None:
+    key = "</script><script>alert(1)</script>"
     st = MemoryStore()
-    st.create_experiment({"task": "t", "space": Space(**{key: Uniform(0.0, 1.0)}).to_json(),
+    st.create_experiment({"task": key, "space": Space(**{key: Uniform(0.0, 1.0)}).to_json(),
                           "algorithm": {"name": "pbt"}, "config": {"steps": 2}})
     c = Builder(st).segment(0, 0, {key: 0.5}, [1.0, 2.0])
     st.put_worker(WorkerRecord(0, MEMBER, 1, {key: 0.5}, 2, c, status=DONE))
     page = write_report(st, tmp_path / "d.html").read_text(encoding="utf-8")
-    assert len(images(page)) == 2
-    page = write_comparison({"$\\bad$": st}, tmp_path / "c.html").read_text(encoding="utf-8")
-    assert len(images(page)) == 2 + 2
+    assert key not in page
+    [data] = runs_of(page)
+    assert data["task"] == key and data["hp_keys"] == [{"key": key, "log": False}]
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,7 +456,7 @@ def test_comparison_validation(stores: dict[str, Store], match: str, tmp_path: P
 
 
 # --------------------------------------------------------------------------------------------
-# Big runs stay fast; tables are capped
+# Big runs stay fast; tables are capped; curves are decimated, members are not
 
 
 def test_big_run_is_capped_and_fast(tmp_path: Path) -> None:
@@ -404,46 +481,55 @@ def test_big_run_is_capped_and_fast(tmp_path: Path) -> None:
         st.put_worker(WorkerRecord(w, MEMBER, 1, {"h": 0.1}, rounds, last[w], status=DONE))
     n_events = (members - 1) * (rounds - 1)
     started = time.perf_counter()
-    page = write_report(st, tmp_path / "big.html").read_text(encoding="utf-8")
+    [data] = runs_of(write_report(st, tmp_path / "big.html").read_text(encoding="utf-8"))
     elapsed = time.perf_counter() - started
-    assert f"Showing {MAX_TABLE_ROWS} of {n_events} events" in page
-    assert len(lineage_rows(page)) == MAX_TABLE_ROWS
+    assert len(data["lineage"]) == MAX_EVENT_ROWS
+    assert any(f"{MAX_EVENT_ROWS} of {n_events} events" in n for n in data["notes"])
     # The most recent events are the ones kept.
-    assert lineage_rows(page)[-1].startswith(f"<tr><td>{rounds - 1}</td><td>exploit</td>")
+    assert (data["lineage"][-1]["step"], data["lineage"][-1]["kind"]) == (rounds - 1, "exploit")
+    assert len(data["workers"]) == members
     assert elapsed < 30, f"report of {n_events} events took {elapsed:.1f}s"
+
+
+def test_curves_are_thinned_not_members(tmp_path: Path) -> None:
+    st = MemoryStore()
+    st.create_experiment({"task": "many", "space": Space(h=Uniform(0.0, 1.0)).to_json(),
+                          "algorithm": {"name": "random"}, "config": {"steps": 400}})
+    b = Builder(st)
+    members, per_member = 40, 4 * (MAX_POINTS // 40 // 4 + 1)  # just over the budget
+    for w in range(members):
+        c = b.segment(w, 0, {"h": w / members}, [w + i / per_member for i in range(per_member)])
+        st.put_worker(WorkerRecord(w, MEMBER, 1, {"h": w / members}, per_member, c))
+    [data] = runs_of(write_report(st, tmp_path / "m.html").read_text(encoding="utf-8"))
+    shipped = sum(len(p[0]) for p in data["points"].values())
+    assert shipped <= MAX_POINTS + members and len(data["points"]) == members
+    for pts in data["points"].values():  # each curve keeps its last point
+        assert pts[0][-1] == per_member
+    assert any("Curves show every 2th" in n for n in data["notes"])
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 
 
-POINTS = st.lists(st.tuples(st.integers(0, 1000), st.one_of(st.none(), st.floats())))
-
-
-@given(POINTS)
-def test_finite_runs_keeps_exactly_the_finite_points(points: list[tuple[int, float | None]]
-                                                     ) -> None:
-    runs = _finite_runs(points)
-    assert [p for r in runs for p in r] == [(float(s), v) for s, v in points if _valid(v)]
-    # One run per maximal stretch of valid points: a gap is never bridged by a line.
-    stretches = [list(g) for ok, g in groupby(points, key=lambda p: _valid(p[1])) if ok]
-    assert [len(r) for r in runs] == [len(g) for g in stretches]
-
-
-def _valid(v: float | None) -> bool:
-    return v is not None and math.isfinite(v)
-
-
 def test_spans_decade() -> None:
-    assert _spans_decade([1e-3, 0.5])
-    assert not _spans_decade([0.1, 1.0])  # exactly one decade is not more than one
-    assert not _spans_decade([-1.0, 100.0])  # a log axis cannot show <= 0
-    assert not _spans_decade([])
+    assert spans_decade([1e-3, 0.5])
+    assert not spans_decade([0.1, 1.0])  # exactly one decade is not more than one
+    assert not spans_decade([-1.0, 100.0])  # a log axis cannot show <= 0
+    assert not spans_decade([])
 
 
 def test_changes_text_names_changed_nested_keys() -> None:
     old = {"opt": {"lr": 0.1, "mom": 0.9}, "bs": 32}
     new = {"opt": {"lr": 0.12, "mom": 0.9}, "bs": 64}
-    assert _changes_text(old, new) == "opt.lr: 0.1 → 0.12; bs: 32 → 64"
-    assert _changes_text(new, new) == "unchanged"
-    assert _changes_text(None, {"a": 1}) == "a=1"
+    assert changes_text(old, new) == "opt.lr: 0.1 → 0.12; bs: 32 → 64"
+    assert changes_text(new, new) == "unchanged"
+    assert changes_text(None, {"a": 1}) == "a=1"
+    assert fmt(float("nan")) == "nan" and fmt([0.123456, None]) == "[0.1235, -]"
+
+
+def test_embed_json_cannot_end_the_script() -> None:
+    text = embed_json({"k": "</script><!-- \u2028"})
+    assert "<" not in text and json.loads(text) == {"k": "</script><!-- \u2028"}
+    with pytest.raises(ValueError):
+        embed_json({"x": float("nan")})  # JSON.parse would reject NaN: refuse early

@@ -3,14 +3,15 @@
 PyTorch is an optional extra (``pip install firepbt[torch]``), so nothing else in firepbt
 imports this module at import time; user code and the bundled tasks import it explicitly.
 
-A checkpoint is the single file ``state.pt`` inside the checkpoint directory. It holds the
+A checkpoint is the file ``state.pt`` inside the checkpoint directory. It holds the
 model's and optimiser's state dicts, torch's global CPU RNG state, the state of an optional
 ``torch.Generator`` (e.g. the one that orders the data) and a user ``extra`` dict.
+:class:`TorchTrainable` adds ``applied.json``: the hyperparameter values read back from the
+optimiser and LR scheduler along the lineage (see :mod:`firepbt.integrations.effect`).
 """
 
 from __future__ import annotations
 
-import numbers
 import os
 import pickle
 from abc import abstractmethod
@@ -21,19 +22,19 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from firepbt.errors import CheckpointError, ConfigError
+from firepbt.errors import CheckpointError
+from firepbt.integrations.effect import (
+    DEFAULT_MAPPING,
+    AppliedLog,
+    apply_and_check,
+    check_applied,
+    read_applied,
+)
+from firepbt.integrations.effect import apply_hparams as _apply_all
 from firepbt.trainable import Trainable
 
 STATE_FILE = "state.pt"
 STATE_FORMAT = 1
-
-DEFAULT_MAPPING: Mapping[str, str] = {
-    "lr": "lr",
-    "momentum": "momentum",
-    "weight_decay": "weight_decay",
-}
-"""Hyperparameter name -> optimiser param-group key used by :func:`apply_hparams`."""
-
 
 def single_thread() -> None:
     """Limit torch to one intra-op thread.
@@ -95,17 +96,23 @@ def load_state(
         The ``extra`` dict given to :func:`save_state`.
 
     Raises:
-        CheckpointError: ``state.pt`` is missing, or was written by an unknown format version.
+        CheckpointError: ``state.pt`` is missing, holds an object outside torch's
+            ``weights_only`` allow-list, or was written by an unknown format version.
     """
     file = Path(path) / STATE_FILE
     if not file.is_file():
         raise CheckpointError(f"checkpoint file {str(file)!r} is missing")
     try:
+        # weights_only=True only: a checkpoint may come from shared storage or another member,
+        # and full unpickling would run whatever code the file names.
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # ``extra`` held something outside the safe allow-list (e.g. a numpy array). The file
-        # is one this library wrote for this member, so full unpickling is acceptable here.
-        state = torch.load(file, map_location="cpu", weights_only=False)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {str(file)!r} holds an object torch refuses to load with "
+            f"weights_only=True ({str(exc).splitlines()[0]}); keep extra_state() to tensors, "
+            "numbers, strings, lists, tuples and dicts of them (e.g. torch.from_numpy(arr) "
+            "instead of a numpy array, float(x) instead of a numpy scalar)"
+        ) from None
     fmt = state.get("format")
     if fmt != STATE_FORMAT:
         raise CheckpointError(
@@ -138,21 +145,7 @@ def apply_hparams(
         ConfigError: A mapped hyperparameter is present but the optimiser's param groups have
             no such key (e.g. ``momentum`` with Adam, which has ``betas``).
     """
-    for name, key in mapping.items():
-        if name not in hparams:
-            continue
-        value = hparams[name]
-        # numpy scalars from the search space become plain floats, as torch's own hparams are.
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            value = float(value)
-        for group in optimizer.param_groups:
-            if key not in group:
-                known = sorted(k for k in group if k != "params")
-                raise ConfigError(
-                    f"hparam {name!r} maps to optimizer key {key!r}, which "
-                    f"{type(optimizer).__name__} param groups lack; known keys: {known}"
-                )
-            group[key] = value
+    _apply_all([optimizer], [], hparams, mapping)
 
 
 class TorchTrainable(Trainable):
@@ -165,6 +158,14 @@ class TorchTrainable(Trainable):
     ``self.step`` counts training steps and is checkpointed too. ``load`` expects ``setup`` to
     have run first (it fills an existing model).
 
+    Set ``self.scheduler`` in :meth:`build` to an LR scheduler (stepped by your
+    :meth:`train_step`) and it is checkpointed too; ``hparams["lr"]`` is then its base lr.
+    After setup, every load and every ``set_hparams`` the values are read back from the
+    optimiser and scheduler and checked (:mod:`firepbt.integrations.effect`), and again before
+    each save, so a restore or scheduler that overwrote a hyperparameter raises
+    :class:`~firepbt.integrations.effect.NotInEffectError` instead of training silently with
+    the wrong value.
+
     Class attributes:
         HPARAM_MAPPING: Hyperparameter name -> optimiser param-group key.
     """
@@ -174,12 +175,15 @@ class TorchTrainable(Trainable):
     model: nn.Module
     optimizer: torch.optim.Optimizer
     generator: torch.Generator | None
+    scheduler: Any
     step: int
 
     def __init__(self) -> None:
         super().__init__()
         self.generator = None
+        self.scheduler = None
         self.step = 0
+        self.applied = AppliedLog()
 
     @abstractmethod
     def build(
@@ -197,7 +201,15 @@ class TorchTrainable(Trainable):
         self.step = 0
         self.model, self.optimizer = self.build(self.hparams, seed)
         # Fail on a mapping/optimiser mismatch now rather than at the first explore.
-        apply_hparams(self.optimizer, self.hparams, self.HPARAM_MAPPING)
+        self._apply("at setup")
+
+    def _schedulers(self) -> list[Any]:
+        return [] if self.scheduler is None else [self.scheduler]
+
+    def _apply(self, where: str) -> None:
+        applied = apply_and_check([self.optimizer], self._schedulers(), self.hparams,
+                                  f"{where} (step {self.step})", self.HPARAM_MAPPING)
+        self.applied.record(self.step, applied)
 
     def train(self, steps: int) -> None:
         self.model.train()
@@ -207,21 +219,33 @@ class TorchTrainable(Trainable):
 
     def extra_state(self) -> dict[str, Any]:
         """State besides weights/optimiser/RNG to checkpoint; extend in subclasses."""
-        return {"step": self.step}
+        extra: dict[str, Any] = {"step": self.step}
+        if self.scheduler is not None:
+            extra["scheduler"] = self.scheduler.state_dict()
+        return extra
 
     def load_extra_state(self, extra: Mapping[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned; extend in subclasses."""
         self.step = int(extra.get("step", 0))
+        if self.scheduler is not None and "scheduler" in extra:
+            self.scheduler.load_state_dict(extra["scheduler"])
 
     def save(self, path: Path) -> None:
+        # Training may have overwritten a value (a scheduler rebuilt from build-time hparams):
+        # catch it before the checkpoint claims these hparams.
+        applied = read_applied([self.optimizer], self._schedulers(), self.hparams,
+                               self.HPARAM_MAPPING)
+        check_applied(self.hparams, applied, f"before save (step {self.step})")
         save_state(path, self.model, self.optimizer, self.extra_state(), self.generator)
+        self.applied.save(Path(path))
 
     def load(self, path: Path) -> None:
         self.load_extra_state(load_state(path, self.model, self.optimizer, self.generator))
-        # The checkpoint carries the donor's hparams inside the optimiser state; the member's
-        # own (possibly explored) hparams must win.
-        apply_hparams(self.optimizer, self.hparams, self.HPARAM_MAPPING)
+        self.applied.load(Path(path))
+        # The checkpoint carries the donor's hparams inside the optimiser and scheduler state;
+        # the member's own (possibly explored) hparams must win.
+        self._apply("after load")
 
     def set_hparams(self, hparams: Mapping[str, Any]) -> None:
         self.hparams = dict(hparams)
-        apply_hparams(self.optimizer, self.hparams, self.HPARAM_MAPPING)
+        self._apply("after set_hparams")

@@ -273,6 +273,36 @@ class Store(ABC):
     def events(self, kind: str | None = None, worker: int | None = None) -> list[EventRecord]:
         """Events ordered by id, optionally filtered."""
 
+    # -- read-only summaries (dashboard) -----------------------------------------------------
+    # Concrete here, so every backend answers them correctly by scanning; a backend overrides
+    # them with indexed queries (SQLite does) so the dashboard's overview of a 2,000-member run
+    # does not read every metric row or event.
+
+    def event_counts(self) -> dict[str, int]:
+        """The number of events of each kind."""
+        counts: dict[str, int] = {}
+        for e in self.events():
+            counts[e.kind] = counts.get(e.kind, 0) + 1
+        return counts
+
+    def checkpoint_metrics(self, checkpoints: Sequence[int]) -> dict[int, float | None]:
+        """For each checkpoint id, the last valid metric its writing segment recorded.
+
+        The writing segment is the completed one whose ``to_checkpoint`` is that id. Ids with
+        no such segment, no valid point, or no record at all map to None.
+        """
+        wanted = set(checkpoints)
+        seg_of: dict[tuple[int, int], int] = {}
+        for s in self.segments(status=COMPLETED):
+            if s.to_checkpoint in wanted:
+                seg_of[(s.worker, s.id)] = s.to_checkpoint
+        out: dict[int, float | None] = dict.fromkeys(wanted)
+        for m in self.metrics():  # ordered by (worker, segment, step): the last valid one wins
+            cid = seg_of.get((m.worker, m.segment))
+            if cid is not None and m.value is not None:
+                out[cid] = m.value
+        return out
+
 
 def iter_chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
     """Split ``seq`` in chunks of ``n`` (for bounded SQL statements)."""

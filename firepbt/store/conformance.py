@@ -653,3 +653,32 @@ def check_concurrent_writers(
         assert store.get_state("claims") == segments, "a read-modify-write was lost"
         owners = {i: owner for owner, got in claims.items() for i in got}
         assert {s.id: s.owner for s in store.segments(status=RUNNING)} == owners
+
+
+# --------------------------------------------------------------------------------------------
+# Read-only summaries (dashboard): event_counts, checkpoint_metrics
+
+
+__all__ += ["test_summary_queries"]
+
+
+def test_summary_queries(store: Store) -> None:
+    # Imported here to keep this block self-contained (others edit the top of the file).
+    from firepbt.store.base import COMPLETED, SEG_FAILED
+
+    assert store.event_counts() == {}
+    assert store.checkpoint_metrics([]) == {}
+    for kind in ("exploit", "exploit", "transfer"):
+        store.add_event(_event(kind))
+    assert store.event_counts() == {"exploit": 2, "transfer": 1}
+    # Checkpoint 10 written by segment 1 (last valid point 0.7, the later None is skipped);
+    # checkpoint 11 by segment 2, which recorded only None; checkpoint 12 by a failed segment.
+    for cid in (10, 11, 12):
+        store.add_checkpoint(_checkpoint(cid, worker=1))
+    store.put_segment(_segment(1, worker=1, status=COMPLETED, to_checkpoint=10))
+    store.put_segment(_segment(2, worker=1, status=COMPLETED, to_checkpoint=11))
+    store.put_segment(_segment(3, worker=1, status=SEG_FAILED, to_checkpoint=12))
+    store.add_metrics([_metric(1, 1, 1, 0.5), _metric(1, 1, 2, 0.7), _metric(1, 1, 3, None),
+                       _metric(1, 2, 4, None), _metric(1, 3, 5, 9.0), _metric(2, 1, 1, 3.0)])
+    assert store.checkpoint_metrics([10, 11, 12, 99]) == {10: 0.7, 11: None, 12: None,
+                                                          99: None}

@@ -530,3 +530,38 @@ class SQLiteStore(Store):
     def events(self, kind: str | None = None, worker: int | None = None) -> list[EventRecord]:
         where, params = _where(kind=kind, worker=worker)
         return self._many("events", EventRecord, where, params, "id")
+
+    # -- read-only summaries (dashboard): indexed queries ------------------------------------
+
+    def event_counts(self) -> dict[str, int]:
+        # Answered from the events_by_kind index alone (a covering scan, no table rows).
+        sql = "SELECT kind, COUNT(*) FROM events GROUP BY kind"
+        rows = self._call(lambda c: c.execute(sql).fetchall())
+        return {str(k): int(n) for k, n in rows}
+
+    def checkpoint_metrics(self, checkpoints: Sequence[int]) -> dict[int, float | None]:
+        # Per checkpoint: its row (primary key), the writer's segments (segments_by_worker,
+        # a few dozen rows) and that segment's metric rows (the metrics primary key), so the
+        # cost grows with the ids asked for, not with the store.
+        sql = (
+            "SELECT c.id, (SELECT m.value FROM segments s JOIN metrics m"
+            " ON m.worker = s.worker AND m.segment = s.id"
+            " WHERE s.worker = c.worker AND s.to_checkpoint = c.id AND s.status = ?"
+            " AND m.value IS NOT NULL ORDER BY m.step DESC LIMIT 1)"
+            " FROM checkpoints c WHERE c.id IN ({})"
+        )
+        # Imported here to keep this block self-contained (others edit the top of the file).
+        from firepbt.store.base import COMPLETED, iter_chunks
+
+        ids = sorted(set(checkpoints))
+        out: dict[int, float | None] = dict.fromkeys(ids)
+        for chunk in iter_chunks(ids, 500):
+            q = sql.format(", ".join("?" * len(chunk)))
+            params = (COMPLETED, *chunk)
+
+            def read(c: sqlite3.Connection, q: str = q, p: tuple[Any, ...] = params) -> list[Any]:
+                return c.execute(q, p).fetchall()
+
+            for cid, value in self._call(read):
+                out[int(cid)] = None if value is None else float(value)
+        return out

@@ -119,12 +119,33 @@ def test_save_state_writes_one_file_and_restores_rngs(tmp_path: Path) -> None:
     assert torch.equal(torch.rand(3, generator=other_gen), expected_gen)
 
 
-def test_extra_outside_the_safe_list_still_loads(tmp_path: Path) -> None:
+def test_extra_outside_the_safe_list_is_refused_not_unpickled(tmp_path: Path) -> None:
+    # A numpy array needs full unpickling; loading must never fall back to weights_only=False
+    # (a checkpoint from shared storage could run code), and the error says what to do.
     model = nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     save_state(tmp_path, model, opt, extra={"arr": np.arange(3)})
-    extra = load_state(tmp_path, model, opt)
-    np.testing.assert_array_equal(extra["arr"], np.arange(3))
+    with pytest.raises(CheckpointError, match=r"weights_only=True.*torch.from_numpy"):
+        load_state(tmp_path, model, opt)
+
+
+def test_load_state_never_calls_full_unpickling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_state(tmp_path, model, opt, extra={"arr": np.arange(3)})
+    calls: list[object] = []
+    real_load = torch.load
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    with pytest.raises(CheckpointError):
+        load_state(tmp_path, model, opt)
+    assert calls == [True]
 
 
 def test_load_state_missing_file_raises(tmp_path: Path) -> None:
