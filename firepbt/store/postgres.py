@@ -60,6 +60,7 @@ from psycopg import errors as pg_errors
 
 from firepbt.errors import ConfigError, FormatVersionError, StoreCorrupt, StoreError
 from firepbt.store.base import (
+    COMPLETED,
     FORMAT_VERSION,
     PENDING,
     RUNNING,
@@ -949,6 +950,33 @@ class PostgresStore(Store):
 
     def events(self, kind: str | None = None, worker: int | None = None) -> list[EventRecord]:
         return self._many("events", EventRecord, "id", kind=kind, worker=worker)
+
+    # -- read-only summaries (dashboard): indexed queries ----------------------------------
+
+    def event_counts(self) -> dict[str, int]:
+        sql = f'SELECT kind, count(*) FROM "{self.schema}".events GROUP BY kind'
+        rows = self._call(lambda c: self._exec(sql).fetchall())
+        return {str(k): int(n) for k, n in rows}
+
+    def checkpoint_metrics(self, checkpoints: Sequence[int]) -> dict[int, float | None]:
+        # Per checkpoint: its row (primary key), the writer's segments (segments_by_worker) and
+        # that segment's metric rows (the metrics primary key): the cost grows with the ids
+        # asked for, not with the store.
+        s = f'"{self.schema}"'
+        sql = (
+            f"SELECT c.id, (SELECT m.value FROM {s}.segments g JOIN {s}.metrics m "
+            "ON m.worker = g.worker AND m.segment = g.id "
+            "WHERE g.worker = c.worker AND g.to_checkpoint = c.id AND g.status = %s "
+            "AND m.value IS NOT NULL ORDER BY m.step DESC LIMIT 1) "
+            f"FROM {s}.checkpoints c WHERE c.id = ANY(%s::bigint[])"
+        )
+        ids = sorted({int(i) for i in checkpoints})
+        out: dict[int, float | None] = dict.fromkeys(ids)
+        if ids:
+            rows = self._call(lambda c: self._exec(sql, (COMPLETED, ids)).fetchall())
+            for cid, value in rows:
+                out[int(cid)] = None if value is None else float(value)
+        return out
 
 
 def _numbered(sql: str) -> str:
