@@ -347,7 +347,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from firepbt.bench import run_bench
 
-    out = run_bench(args.name, preset=args.preset, seeds=args.seeds)
+    if args.store is None:
+        out = run_bench(args.name, preset=args.preset, seeds=args.seeds)
+    elif args.name != "controller":
+        raise FirePBTError(f"--store {args.store!r}: only the controller bench takes a store")
+    else:
+        from firepbt.bench.controller import main as controller_bench
+
+        out = controller_bench(store=args.store)
     if args.json:
         print(json.dumps(out, sort_keys=True))
     return 0
@@ -563,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", choices=("quick", "full"), default="quick",
                    help="size of the comparison benchmarks")
     b.add_argument("--seeds", type=int, help="seeds (overrides the preset)")
+    b.add_argument("--store", help="controller bench: also measure this postgresql:// URL")
     b.set_defaults(fn=cmd_bench)
 
     rl = sub.add_parser("replay", help="train one fresh model with the learned schedule (imports "

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine (Debian, Python >= 3.11): the offline Fashion-MNIST
-# package, a virtual environment in .venv, firepbt with its torch/rl/lightning/huggingface/tensorboard/dev extras.
+# package, PostgreSQL 15, a virtual environment in .venv, firepbt with its
+# torch/rl/lightning/huggingface/tensorboard/postgres/dev extras.
 # Idempotent: re-running it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,12 +14,19 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
 fi
 
+# PostgreSQL 15 for the PostgreSQL store's tests (they start a throwaway server on loopback).
+if [ ! -x /usr/lib/postgresql/15/bin/pg_ctl ]; then
+    echo "installing the Debian package postgresql-15 (server binaries for the store tests)"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15
+fi
+
 PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # torch is pinned (==2.13.0, a CPU wheel); a range would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[torch,rl,lightning,huggingface,tensorboard,dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[torch,rl,lightning,huggingface,tensorboard,postgres,dev]"
 # The dashboard and its browser tests: Debian's chromium, driven headless by Playwright for
 # Python (Playwright's own browser download is never used: it fails offline).
 if [ ! -x /usr/bin/chromium ]; then

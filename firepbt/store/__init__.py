@@ -5,7 +5,8 @@
 * ``"memory://"``: :class:`MemoryStore`, lives in this process only.
 * ``"sqlite:///runs/x.db"`` (relative) or ``"sqlite:////abs/x.db"`` (absolute, SQLAlchemy's
   convention), or a plain path such as ``"runs/x.db"``: :class:`SQLiteStore`.
-* ``"postgresql://..."``: reserved for a later release.
+* ``"postgresql://user@host:port/db?experiment=NAME"``: :class:`PostgresStore` (needs the
+  ``postgres`` extra, psycopg 3); one database holds many experiments, one schema each.
 """
 
 from __future__ import annotations
@@ -63,16 +64,21 @@ __all__ = [
     "open_store",
 ]
 
-_SUPPORTED = "'memory://', 'sqlite:///path/to/file.db' or a plain file path"
+_SUPPORTED = (
+    "'memory://', 'sqlite:///path/to/file.db', a plain file path or "
+    "'postgresql://user@host:port/db?experiment=NAME'"
+)
 
 
 def open_store(url: str | os.PathLike[str], *, create: bool = True) -> Store:
     """Open (or create) the experiment store named by ``url``.
 
     Args:
-        url: ``"memory://"``, ``"sqlite:///<path>"`` or a plain file path.
-        create: For file stores, create a missing file; if False a missing file raises
-            ``StoreError`` (what read-only tools want). Ignored for ``memory://``.
+        url: ``"memory://"``, ``"sqlite:///<path>"``, a plain file path or
+            ``"postgresql://user@host:port/db?experiment=NAME"``.
+        create: For file stores, create a missing file (for PostgreSQL, a missing experiment
+            schema); if False a missing one raises ``StoreError`` (what read-only tools want).
+            Ignored for ``memory://``.
 
     Raises:
         ConfigError: An unknown or malformed URL; the message names the supported schemes.
@@ -88,7 +94,13 @@ def open_store(url: str | os.PathLike[str], *, create: bool = True) -> Store:
     if scheme == "sqlite" and rest.startswith("/") and rest[1:] not in ("", ":memory:"):
         return SQLiteStore(rest[1:], create=create)
     if scheme in ("postgresql", "postgres"):
-        raise ConfigError(
-            f"store url {text!r}: PostgreSQL stores are not available yet; use {_SUPPORTED}"
-        )
+        try:
+            # Imported here: psycopg is an optional dependency (the postgres extra).
+            from firepbt.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(
+                f"store url {text!r}: PostgreSQL stores need psycopg 3 ({exc}); install it "
+                "with: pip install 'firepbt[postgres]'"
+            ) from None
+        return PostgresStore(text, create=create)
     raise ConfigError(f"store url {text!r}: unsupported; use {_SUPPORTED}")

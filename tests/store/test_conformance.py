@@ -14,10 +14,15 @@ from firepbt.store.conformance import *  # noqa: F403
 from firepbt.store.conformance import StoreFactory
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
     if request.param == "memory":
         return StoreFactory(MemoryStore, persistent=False)
+    if request.param == "postgres":
+        # Each test gets an experiment of its own in the session's server (conftest.py);
+        # the server is started only when a postgres test runs.
+        url = request.getfixturevalue("postgres_url")
+        return StoreFactory(lambda: open_store(url), persistent=True)
     return StoreFactory(lambda: SQLiteStore(tmp_path / "exp.db"), persistent=True)
 
 
@@ -90,7 +95,6 @@ def test_open_store_relative_sqlite_path(tmp_path: Path, monkeypatch: pytest.Mon
 @pytest.mark.parametrize(
     ("url", "match"),
     [
-        ("postgresql://u@h/db", "not available yet"),
         ("redis://x", "unsupported"),
         ("memory://x", "unsupported"),
         ("sqlite://x.db", "unsupported"),

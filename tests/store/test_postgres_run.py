@@ -1,0 +1,110 @@
+"""Whole runs on a PostgreSQL store, the way users run them: process workers, ``firepbt check``,
+and a controller SIGKILLed mid-run, then resumed by a new one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("psycopg", reason="psycopg 3 is not installed (the postgres extra)")
+
+from firepbt import PBT, resume, run  # noqa: E402
+from firepbt.cli import main as cli  # noqa: E402
+from firepbt.invariants import check_store  # noqa: E402
+from firepbt.store import open_store  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SETTINGS = "steps=48, interval=4, executor='process', workers=2, seed=7"
+
+KILLED_RUN = """
+from firepbt import PBT, run
+if __name__ == "__main__":
+    run("quadratic", algorithm=PBT(population=4), store={url!r}, {settings})
+"""
+
+
+def test_a_whole_run_with_process_workers_checks_clean(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run("quadratic", algorithm=PBT(population=4), store=postgres_url,
+                 steps=48, interval=4, executor="process", workers=2, seed=7)
+    assert result.status() == "finished"
+    assert [w.step for w in result.store.workers()] == [48] * 4
+    assert result.store.events("exploit"), "PBT made no exploit: the run proves little"
+    result.store.close()
+    capsys.readouterr()
+    assert cli(["check", postgres_url]) == 0
+    assert "ok: all invariants hold" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(postgres_server: object) -> str:
+    """A run whose controller SIGKILLs itself after its 12th commit, then resumed."""
+    url = f"{postgres_server.url}?experiment=killed"  # type: ignore[attr-defined]
+    code = textwrap.dedent(KILLED_RUN.format(url=url, settings=SETTINGS))
+    env = {**os.environ, "FIREPBT_CRASH_AT": "controller.after_commit:12"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with open_store(url, create=False) as store:
+        assert store.get_state("status") == "running"
+        assert 0 < len(store.segments(status="completed")) < 48
+    result = resume(url, workers=2)
+    assert result.status() == "finished"
+    result.store.close()
+    return url
+
+
+def test_a_killed_run_resumes_on_postgres(killed_then_resumed: str) -> None:
+    with open_store(killed_then_resumed, create=False) as store:
+        assert [w.step for w in store.workers()] == [48] * 4
+        assert store.lock_holder() is None  # released by the resumed controller
+    # Every record-level invariant (lineage, exploit coherence, metrics, sizes) holds.
+    assert check_store(killed_then_resumed, files=False) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="api.checkpoint_root_for gives a store without a file (memory://, postgresql://) a "
+    "new temporary checkpoint folder per process, so a resumed controller cannot collect or "
+    "sweep the killed one's files; needs a checkpoint root kept in the store (outside "
+    "firepbt/store)",
+)
+def test_a_killed_run_resumed_on_postgres_leaves_no_checkpoint_files(
+    killed_then_resumed: str,
+) -> None:
+    assert check_store(killed_then_resumed, files=True) == []
+
+
+def test_controller_bench_measures_a_postgres_store_and_drops_its_experiments(
+    postgres_server: object,
+) -> None:
+    from firepbt.bench.controller import measure
+
+    url = postgres_server.url  # type: ignore[attr-defined]
+    row = measure(PBT(population=20), intervals=3, store_kind=url)
+    assert row["store"] == "postgres" and row["decisions"] >= 60 and row["exploits"] > 0
+    with psycopg_connect(url) as raw:
+        left = raw.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE "
+                           "'firepbt_bench%%'").fetchall()
+    assert left == []
+
+
+def test_bench_store_option_is_for_the_controller_bench_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli(["bench", "overhead", "--store", "postgresql://h/db"]) != 0
+    assert "--store 'postgresql://h/db': only the controller bench" in capsys.readouterr().err
+
+
+def psycopg_connect(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True)
