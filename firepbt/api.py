@@ -83,7 +83,15 @@ def checkpoint_root_for(store: Store) -> Path:
             if parents and all(p.resolve() == legacy.resolve() for p in parents):
                 return legacy
         return root
-    return Path(tempfile.mkdtemp(prefix="firepbt-ckpt-"))
+    if url.startswith("memory://"):
+        return Path(tempfile.mkdtemp(prefix="firepbt-ckpt-"))
+    # A server store (PostgreSQL) has no file to sit beside: its folder is chosen once and
+    # kept in the store, so a resumed controller finds (and collects) what the first wrote.
+    kept = store.get_state("checkpoint_root")
+    if kept is None:
+        kept = tempfile.mkdtemp(prefix="firepbt-ckpt-")
+        store.put_state("checkpoint_root", kept)
+    return Path(kept)
 
 
 def _executor(kind: str | Executor, task: Any, ref: str | None, workers: int,

@@ -122,7 +122,6 @@ def _metric(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from firepbt.api import run
-    from firepbt.report import write_report
     from firepbt.space_spec import parse_space
 
     algorithm = _algorithm(args)
@@ -141,15 +140,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             metric=_metric(args), on_event=progress,
         )
     _print_summary(result.summary())
-    if args.no_report or args.store.startswith("memory://"):
-        return 0
-    print(f"report: {write_report(result.store)}")
+    if not args.no_report:
+        _report(result, args.store)
     return 0
+
+
+def _report(result: Any, store: str) -> None:
+    """Write the HTML report beside a store file; a server store has no "beside"."""
+    from firepbt.report import write_report
+
+    if store.startswith("memory://"):
+        return
+    if "://" in store and not store.startswith("sqlite:"):
+        print(f"report: firepbt report {store} -o FILE.html (the store is not a file)")
+        return
+    print(f"report: {write_report(result.store)}")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from firepbt.api import resume
-    from firepbt.report import write_report
     from firepbt.store import open_store
     from firepbt.tasks.loader import BUILTIN
 
@@ -159,7 +168,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     alg = exp.get("algorithm") or {}
     custom = [ex["custom"] for ex in (alg.get("explore"), (alg.get("pbt") or {}).get("explore"))
               if isinstance(ex, dict) and ex.get("custom")]
-    task = str(exp.get("task"))
+    task = args.task or str(exp.get("task"))
     print(f"resume: imports code named in the store: task {BUILTIN.get(task, task)}"
           + "".join(f", custom explore {c}" for c in custom), flush=True)
     with _Progress(not args.quiet) as progress:
@@ -167,7 +176,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
                         executor=args.executor, allow_changed_task=args.allow_changed_task,
                         on_event=progress)
     _print_summary(result.summary())
-    print(f"report: {write_report(result.store)}")
+    _report(result, args.store)
     return 0
 
 

@@ -70,13 +70,6 @@ def test_a_killed_run_resumes_on_postgres(killed_then_resumed: str) -> None:
     assert check_store(killed_then_resumed, files=False) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api.checkpoint_root_for gives a store without a file (memory://, postgresql://) a "
-    "new temporary checkpoint folder per process, so a resumed controller cannot collect or "
-    "sweep the killed one's files; needs a checkpoint root kept in the store (outside "
-    "firepbt/store)",
-)
 def test_a_killed_run_resumed_on_postgres_leaves_no_checkpoint_files(
     killed_then_resumed: str,
 ) -> None:
@@ -108,3 +101,17 @@ def psycopg_connect(url: str) -> Any:
     import psycopg
 
     return psycopg.connect(url, autocommit=True)
+
+
+def test_the_cli_runs_and_resumes_on_a_postgres_store_and_exits_zero(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    argv = [sys.executable, "-m", "firepbt.cli"]
+    run_ = subprocess.run([*argv, "run", "quadratic", "--population", "2", "--steps", "20",
+                           "--store", postgres_url, "-q"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=240)
+    assert run_.returncode == 0, run_.stderr
+    assert "the store is not a file" in run_.stdout
+    again = subprocess.run([*argv, "resume", postgres_url, "-q"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr
