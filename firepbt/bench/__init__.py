@@ -17,6 +17,7 @@ BENCHES = {
     "fmnist": "firepbt.bench.real",
     "rl": "firepbt.bench.real",
     "decision-cost": "firepbt.bench.compare:main_decision_cost",
+    "async-sync": "firepbt.bench.compare:main_async_sync",
 }
 
 

@@ -159,8 +159,11 @@ def fast_scratch() -> Iterator[None]:
             tempfile.tempdir = old
 
 
-def run_one(setup: Setup, method: str, seed: int) -> dict[str, Any]:
-    """Train one population and summarise it.
+def run_one(
+    setup: Setup, method: str, seed: int, variant: Variant | None = None
+) -> dict[str, Any]:
+    """Train one population and summarise it (``variant``: executor and mode; default
+    in-process, synchronous rounds, 1 worker, the method's default algorithm).
 
     Returns:
         ``value`` (the reported number), ``metric``, ``wall_s``, ``transfers``, ``exploits``,
@@ -170,19 +173,28 @@ def run_one(setup: Setup, method: str, seed: int) -> dict[str, Any]:
     """
     steps, interval, eval_every = setup.settings()
     task = setup.random_task if method == "random" else setup.task
+    v = variant or Variant(method)
+    algorithm = v.algorithm if v.algorithm is not None else setup.algorithm(method)
+    if v.executor == "process":
+        # multiprocessing's own temp dir (the fork server's socket) must outlive the scratch
+        # directory below: create it first, in the ordinary temp dir.
+        from multiprocessing import util
+
+        util.get_temp_dir()
     t0 = time.perf_counter()
     with fast_scratch():
         result = run(
-            task, algorithm=setup.algorithm(method), steps=steps, interval=interval,
-            eval_every=eval_every, store="memory://", executor="inprocess", workers=1,
-            seed=seed, mode="sync",
+            task, algorithm=algorithm, steps=steps, interval=interval,
+            eval_every=eval_every, store="memory://", executor=v.executor, workers=v.workers,
+            seed=seed, mode=v.mode,
         )
         wall = time.perf_counter() - t0
         metric, best = result.best_metric, result.best
         if metric is None or best is None:
             raise RuntimeError(f"{setup.name}/{method}/seed {seed}: no member has a valid metric")
         out = {
-            "method": method, "seed": seed, "value": setup.reported(metric), "metric": metric,
+            "method": v.label if variant is not None else method, "seed": seed,
+            "value": setup.reported(metric), "metric": metric,
             "wall_s": round(wall, 2), **run_diagnostics(result, best, setup.hparam),
         }
         result.store.close()
@@ -205,7 +217,19 @@ def run_diagnostics(result: Result, best: int, hparam: str) -> dict[str, Any]:
     }
 
 
-def _job(args: tuple[Setup, str, int]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Variant:
+    """How one row of a table runs: its label, executor, mode, workers and algorithm
+    (``None``: the setup's default algorithm for the method)."""
+
+    label: str
+    executor: str = "inprocess"
+    mode: str = "sync"
+    workers: int = 1
+    algorithm: Algorithm | None = None
+
+
+def _job(args: tuple[Setup, str, int] | tuple[Setup, str, int, Variant]) -> dict[str, Any]:
     return run_one(*args)
 
 
@@ -451,6 +475,116 @@ def main_decision_cost(name: str = "decision-cost", preset: str = "quick",
         print(f"{key:>18}: {row['us_per_result']:>8.0f} us per handled result "
               f"(x{ratio:.2f} of PBT)", flush=True)
     return {"bench": "decision-cost", **out}
+
+
+# --------------------------------------------------------------------------------------------
+# Asynchronous process workers against synchronous in-process rounds
+# --------------------------------------------------------------------------------------------
+
+ASYNC_WORKERS = 2  # process workers of the asynchronous rows (the machine has 2 cores)
+
+
+def async_variants(population: int = POPULATION,
+                   workers: int = ASYNC_WORKERS) -> dict[str, Variant]:
+    """The rows of ``firepbt bench async-sync``: FIRE's defaults in synchronous in-process
+    rounds (the reference), then asynchronous on ``workers`` process workers with the default
+    equal-step ranking and with the old latest-value ranking (``PBT(rank_at="latest")`` inside
+    every sub-population), and asynchronous in-process with the latest-value ranking (the same
+    staggering without process timing)."""
+
+    def fire(rank_at: str) -> FirePBT:
+        return FirePBT(population=population, pbt=PBT(rank_at=rank_at))
+
+    return {
+        "sync-inprocess": Variant("sync-inprocess"),
+        "async-process": Variant("async-process", "process", "async", workers, fire("equal_step")),
+        "async-process-latest": Variant(
+            "async-process-latest", "process", "async", workers, fire("latest")
+        ),
+        "async-inprocess-latest": Variant(
+            "async-inprocess-latest", "inprocess", "async", workers, fire("latest")
+        ),
+    }
+
+
+def _variant_job(args: tuple[Setup, int, Variant]) -> dict[str, Any]:
+    setup, seed, variant = args
+    out = run_one(setup, "fire", seed, variant)
+    print(f"  {setup.name} {variant.label:>24} seed {seed:>3}: {out['value']:+.5f} "
+          f"({out['wall_s']:.1f} s, {out['exploits']} exploits, {out['transfers']} transfers)",
+          flush=True)
+    return out
+
+
+def compare_variants(
+    setup: Setup, variants: dict[str, Variant], seeds: Sequence[int],
+    processes: int = PROCESSES, reference: str = "sync-inprocess",
+) -> dict[str, Any]:
+    """FIRE under each variant on ``seeds``: values, exploits and transfers per seed, and the
+    one-sided Mann-Whitney p-value of "the reference is better than this variant" (small: the
+    variant loses)."""
+    jobs = [(setup, s, v) for v in variants.values() for s in seeds]
+    if processes <= 1:
+        outs = [_variant_job(j) for j in jobs]
+    else:
+        method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(processes, mp_context=get_context(method)) as pool:
+            outs = list(pool.map(_variant_job, jobs))
+    rows: dict[str, Any] = {}
+    for key, v in variants.items():
+        rs = [o for o in outs if o["method"] == v.label]
+        rows[key] = {
+            **describe([r["value"] for r in rs]),
+            "executor": v.executor, "mode": v.mode, "workers": v.workers,
+            "exploits": [r["exploits"] for r in rs], "transfers": [r["transfers"] for r in rs],
+            "wall_s": round(sum(r["wall_s"] for r in rs), 1),
+        }
+    ref = rows[reference]["values"]
+    p = {k: fire_better_p(ref, r["values"], setup.higher_is_better)
+         for k, r in rows.items() if k != reference}
+    return {"task": setup.name, "steps": setup.settings()[0], "population": setup.population,
+            "metric": "objective" if setup.higher_is_better else "loss",
+            "higher_is_better": setup.higher_is_better, "seeds": list(seeds), "rows": rows,
+            "reference": reference, "p_reference_better": p}
+
+
+def format_variants(table: dict[str, Any]) -> str:
+    better = "higher" if table["higher_is_better"] else "lower"
+    lines = [f"{table['task']}: FIRE {table['metric']} ({better} is better), W = "
+             f"{table['population']} workers x {table['steps']} steps, "
+             f"{len(table['seeds'])} seeds"]
+    lines.append(f"  {'variant':<24} {'mean':>9} {'std':>9} {'median':>9} {'exploits':>9} "
+                 f"{'transfers':>9}")
+    for k, r in table["rows"].items():
+        lines.append(f"  {k:<24} {r['mean']:>9.5f} {r['std']:>9.5f} {r['median']:>9.5f} "
+                     f"{statistics.fmean(r['exploits']):>9.1f} "
+                     f"{statistics.fmean(r['transfers']):>9.1f}")
+    for k, r in table["rows"].items():
+        lines.append(f"  {k:<24} per seed: " + " ".join(f"{v:.4f}" for v in r["values"]))
+    for k, pv in table["p_reference_better"].items():
+        lines.append(f"  one-sided Mann-Whitney p({table['reference']} better than {k}) = "
+                     f"{pv:.3g}")
+    return "\n".join(lines)
+
+
+def main_async_sync(name: str = "async-sync", preset: str = "quick",
+                    seeds: int | None = None, processes: int = PROCESSES,
+                    setups: dict[str, Setup] | None = None,
+                    variants: Sequence[str] | None = None) -> dict[str, Any]:
+    """``firepbt bench async-sync``: FIRE on the NQM in synchronous in-process rounds against
+    asynchronous process workers (and the diagnostic rows of :func:`async_variants`)."""
+    if preset not in SEEDS:
+        raise ConfigError(f"preset={preset!r}: must be one of {', '.join(SEEDS)}")
+    n = seeds if seeds is not None else SEEDS[preset]
+    setup = (SETUPS if setups is None else setups)["nqm"]
+    rows = async_variants(setup.population)
+    if variants is not None:
+        rows = {k: rows[k] for k in ("sync-inprocess", *variants) if k in rows}
+    t0 = time.perf_counter()
+    table = compare_variants(setup, rows, list(range(n)), processes)
+    print(format_variants(table), flush=True)
+    return {"bench": name, "preset": preset, "seeds": n, "table": table,
+            "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 # --------------------------------------------------------------------------------------------
