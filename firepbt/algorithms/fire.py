@@ -36,6 +36,7 @@ from firepbt.algorithms.base import (
     WorkerView,
     fitness_of,
     require,
+    require_init,
 )
 from firepbt.algorithms.pbt import PBT
 from firepbt.space import ExploreConfig
@@ -77,6 +78,9 @@ class FirePBT(Algorithm):
             an evaluator's curve needs before its parent gets a FIRE fitness.
         gp_refit_growth: with the GP smoother, refit the kernel hyperparameters only when a
             curve has grown by this factor (1 = on every call; see ``curves.GPSmoother``).
+        init: "lhs" (default; Decision, fire-pbt.md section 12): each sub-population's
+            starting hyperparameters are one scrambled Latin hypercube over the space; "iid":
+            every member drawn from the prior. (``pbt.init`` is not used inside FIRE.)
     """
 
     name: ClassVar[str] = "fire"
@@ -92,8 +96,10 @@ class FirePBT(Algorithm):
     fitness: str = "improvement"
     min_points: int = 3
     gp_refit_growth: float = 1.0
+    init: str = "lhs"
 
     def __post_init__(self) -> None:
+        require_init(self.init)
         if isinstance(self.pbt, Mapping):
             object.__setattr__(self, "pbt", _pbt_from_config(self.pbt))
         require(isinstance(self.pbt, PBT), f"pbt={self.pbt!r}: must be a PBT (or its config)")

@@ -21,6 +21,7 @@ from firepbt.algorithms.base import (
     WorkerView,
     fitness_of,
     require,
+    require_init,
 )
 from firepbt.space import ExploreConfig, explore
 
@@ -52,6 +53,10 @@ class PBT(Algorithm):
             more than one interval are compared on their latest values. When every ranked
             member is at the ready member's step (synchronous rounds) it is exactly "latest":
             each member's newest fitness.
+        init: "lhs" (default; Decision, fire-pbt.md section 12) draws the starting
+            hyperparameters of the whole population as one scrambled Latin hypercube, "iid"
+            draws each member from the prior (``Algorithm.initial_hparams``). Inside FIRE the
+            FIRE setting is used.
     """
 
     name: ClassVar[str] = "pbt"
@@ -63,8 +68,10 @@ class PBT(Algorithm):
     burn_in: int = 0
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     rank_at: str = "equal_step"
+    init: str = "lhs"
 
     def __post_init__(self) -> None:
+        require_init(self.init)
         require(
             isinstance(self.population, int) and self.population >= 1,
             f"population={self.population!r}: must be an integer >= 1",
