@@ -81,6 +81,9 @@ class FirePBT(Algorithm):
         init: "lhs" (default; Decision, fire-pbt.md section 12): each sub-population's
             starting hyperparameters are one scrambled Latin hypercube over the space; "iid":
             every member drawn from the prior. (``pbt.init`` is not used inside FIRE.)
+        gp_fit: how the GP smoother fits its kernel: "grid" (default; closed-form marginal
+            likelihood over a grid, eigendecompositions memoised per curve length) or
+            "sklearn" (scikit-learn's optimiser; see ``curves.GPSmoother``).
     """
 
     name: ClassVar[str] = "fire"
@@ -97,6 +100,7 @@ class FirePBT(Algorithm):
     min_points: int = 3
     gp_refit_growth: float = 1.0
     init: str = "lhs"
+    gp_fit: str = "grid"
 
     def __post_init__(self) -> None:
         require_init(self.init)
@@ -173,9 +177,13 @@ class FirePBT(Algorithm):
             and math.isfinite(self.gp_refit_growth) and self.gp_refit_growth >= 1.0,
             f"gp_refit_growth={self.gp_refit_growth!r}: must be a number >= 1",
         )
+        require(
+            self.gp_fit in curves.GP_FITS,
+            f"gp_fit={self.gp_fit!r}: must be one of {', '.join(curves.GP_FITS)}",
+        )
         base: curves.Smoother
         base = (
-            curves.GPSmoother(refit_growth=self.gp_refit_growth)
+            curves.GPSmoother(refit_growth=self.gp_refit_growth, fit=self.gp_fit)
             if self.smoother == "gp"
             else curves.EMASmoother()
         )
