@@ -18,6 +18,7 @@ BENCHES = {
     "rl": "firepbt.bench.real",
     "decision-cost": "firepbt.bench.compare:main_decision_cost",
     "async-sync": "firepbt.bench.compare:main_async_sync",
+    "fire-init": "firepbt.bench.compare:main_fire_init",
 }
 
 

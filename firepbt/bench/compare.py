@@ -542,7 +542,10 @@ def compare_variants(
     ref = rows[reference]["values"]
     p = {k: fire_better_p(ref, r["values"], setup.higher_is_better)
          for k, r in rows.items() if k != reference}
-    return {"task": setup.name, "steps": setup.settings()[0], "population": setup.population,
+    p_rev = {k: fire_better_p(r["values"], ref, setup.higher_is_better)
+             for k, r in rows.items() if k != reference}
+    return {"p_better_than_reference": p_rev, "task": setup.name,
+            "steps": setup.settings()[0], "population": setup.population,
             "metric": "objective" if setup.higher_is_better else "loss",
             "higher_is_better": setup.higher_is_better, "seeds": list(seeds), "rows": rows,
             "reference": reference, "p_reference_better": p}
@@ -562,9 +565,57 @@ def format_variants(table: dict[str, Any]) -> str:
     for k, r in table["rows"].items():
         lines.append(f"  {k:<24} per seed: " + " ".join(f"{v:.4f}" for v in r["values"]))
     for k, pv in table["p_reference_better"].items():
+        rev = table["p_better_than_reference"][k]
         lines.append(f"  one-sided Mann-Whitney p({table['reference']} better than {k}) = "
-                     f"{pv:.3g}")
+                     f"{pv:.3g}; p({k} better than {table['reference']}) = {rev:.3g}")
+    level = table.get("pbt_level")
+    if level is not None:
+        lines.append(f"  seeds at PBT's level (loss >= {level['threshold']:.4f}, the 10th "
+                     f"percentile of {level['row']}'s losses): "
+                     + ", ".join(f"{k} {n}/{len(table['seeds'])}"
+                                 for k, n in level["counts"].items()))
     return "\n".join(lines)
+
+
+def init_variants(population: int = POPULATION) -> dict[str, Variant]:
+    """The rows of ``firepbt bench fire-init``: PBT and FIRE with i.i.d. and Latin hypercube
+    initial hyperparameters, and FIRE's GP smoother fitted by scikit-learn or the grid."""
+    return {
+        "fire-iid-sklearn": Variant("fire-iid-sklearn", algorithm=FirePBT(
+            population=population, init="iid", gp_fit="sklearn")),
+        "fire-lhs-sklearn": Variant("fire-lhs-sklearn", algorithm=FirePBT(
+            population=population, init="lhs", gp_fit="sklearn")),
+        "fire-iid-grid": Variant("fire-iid-grid", algorithm=FirePBT(
+            population=population, init="iid", gp_fit="grid")),
+        "fire-lhs-grid": Variant("fire-lhs-grid", algorithm=FirePBT(population=population)),
+        "pbt-iid": Variant("pbt-iid", algorithm=PBT(population=population, init="iid")),
+        "pbt-lhs": Variant("pbt-lhs", algorithm=PBT(population=population)),
+    }
+
+
+def main_fire_init(name: str = "fire-init", preset: str = "quick", seeds: int | None = None,
+                   processes: int = PROCESSES, setups: dict[str, Setup] | None = None,
+                   task: str = "nqm") -> dict[str, Any]:
+    """``firepbt bench fire-init``: the effect of Latin hypercube initialisation (and of the
+    grid GP fit) on FIRE and PBT, NQM, in synchronous in-process rounds. Reference row: FIRE's
+    old defaults (i.i.d. initialisation, scikit-learn GP fit)."""
+    if preset not in SEEDS:
+        raise ConfigError(f"preset={preset!r}: must be one of {', '.join(SEEDS)}")
+    n = seeds if seeds is not None else SEEDS[preset]
+    setup = (SETUPS if setups is None else setups)[task]
+    t0 = time.perf_counter()
+    table = compare_variants(setup, init_variants(setup.population), list(range(n)), processes,
+                             reference="fire-iid-sklearn")
+    vals = sorted(table["rows"]["pbt-iid"]["values"])
+    threshold = float(np.percentile(vals, 10))
+    table["pbt_level"] = {
+        "row": "pbt-iid", "threshold": threshold,
+        "counts": {k: sum(v >= threshold for v in r["values"])
+                   for k, r in table["rows"].items() if k.startswith("fire")},
+    }
+    print(format_variants(table), flush=True)
+    return {"bench": name, "preset": preset, "seeds": n, "table": table,
+            "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def main_async_sync(name: str = "async-sync", preset: str = "quick",
