@@ -1,7 +1,7 @@
-"""FIRE PBT against PBT and random search at equal worker-steps (``firepbt bench toys|nqm``).
+"""FIRE PBT against PBT, PB2 and random search at equal worker-steps (``firepbt bench toys|nqm``).
 
 Every method gets the same worker budget: FIRE's members *and* evaluators count as workers
-(8 + 8 + 6 = 22 by default), so PBT and random search run ``22`` members, and every member
+(8 + 8 + 6 = 22 by default), so PBT, PB2 and random search run ``22`` members, and every member
 trains ``steps`` steps. Runs use the in-process executor, an in-memory store and synchronous
 rounds, so each (method, seed) is exactly reproducible; seeds are spread over a small process
 pool (the harness only - the engine is unchanged).
@@ -45,6 +45,7 @@ from scipy import stats
 
 from firepbt.algorithms import PBT, Algorithm, RandomSearch, algorithm_from_config
 from firepbt.algorithms.fire import FirePBT
+from firepbt.algorithms.pb2 import PB2
 from firepbt.api import run
 from firepbt.bench.controller import measure as measure_controller
 from firepbt.errors import ConfigError
@@ -57,7 +58,7 @@ from firepbt.tasks.toys import DeceptiveToy, NumpyTask, PlainToy
 POPULATION = 22  # FIRE's default 8 + 8 + 6; PBT and random search get all 22 as members
 SEEDS = {"quick": 3, "full": 20}
 PROCESSES = 2  # the machine has 2 cores and is shared
-METHODS = ("fire", "pbt", "random")
+METHODS = ("fire", "pbt", "pb2", "random")
 # Peak learning rates tried for the hand-tuned NQM schedules: a factor 2**(1/4) grid from 1/4
 # to 1.0, the top of the search space FIRE and PBT draw from (so every method has the same
 # learning rates to choose from; the NQM itself tolerates up to 2 / max curvature = 2).
@@ -115,6 +116,8 @@ class Setup:
             return FirePBT(population=self.population)
         if method == "pbt":
             return PBT(population=self.population)
+        if method == "pb2":
+            return PB2(population=self.population)
         if method == "random":
             return RandomSearch(population=self.population)
         raise ConfigError(f"method={method!r}: must be one of {', '.join(METHODS)}")
