@@ -449,22 +449,25 @@ def decision_cost(
 
 
 def measure_decision_cost(workers: int = 100, intervals: int = 10) -> dict[str, Any]:
-    """FIRE (GP and EMA smoothing) against PBT at ``workers`` workers; ratios to PBT."""
+    """FIRE (GP smoothing fitted on the grid or by scikit-learn, EMA smoothing) and PB2
+    against PBT at ``workers`` workers; ratios to PBT."""
     rows = {
         "pbt": decision_cost(PBT(population=workers), intervals),
         "fire_gp": decision_cost(FirePBT(population=workers, smoother="gp"), intervals),
-        "fire_gp_refit_1.5": decision_cost(
-            FirePBT(population=workers, smoother="gp", gp_refit_growth=1.5), intervals
+        "fire_gp_sklearn": decision_cost(
+            FirePBT(population=workers, smoother="gp", gp_fit="sklearn"), intervals
         ),
         "fire_ema": decision_cost(FirePBT(population=workers, smoother="ema"), intervals),
+        "pb2": decision_cost(PB2(population=workers), intervals),
     }
     base = rows["pbt"]["us_per_result"]
     return {
         "workers": workers, "intervals": intervals, "rows": rows,
         "ratio_fire_gp_to_pbt": round(rows["fire_gp"]["us_per_result"] / base, 2),
-        "ratio_fire_gp_refit_to_pbt": round(
-            rows["fire_gp_refit_1.5"]["us_per_result"] / base, 2
+        "ratio_fire_gp_sklearn_to_pbt": round(
+            rows["fire_gp_sklearn"]["us_per_result"] / base, 2
         ),
+        "ratio_pb2_to_pbt": round(rows["pb2"]["us_per_result"] / base, 2),
         "ratio_fire_ema_to_pbt": round(rows["fire_ema"]["us_per_result"] / base, 2),
     }
 
