@@ -571,7 +571,8 @@ def score_curves(
 
 
 def fire_fitness(
-    curves: Mapping[int, CurveLike], smoother: Smoother, score: ScoreName = "improvement"
+    curves: Mapping[int, CurveLike], smoother: Smoother, score: ScoreName = "improvement",
+    memo: PairMemo | None = None,
 ) -> dict[int, float]:
     """FIRE fitness of each member with an active evaluator (spec section 6).
 
@@ -583,17 +584,66 @@ def fire_fitness(
             that currently have an active evaluator.
         smoother: used only to find overlaps.
         score: ``"improvement"`` (Δ, the default) or ``"time_to_climb"``.
+        memo: remembers each pair's score by the two curves' valid points (the same
+            ``smoother`` and ``score`` must come with it): between two events only a few
+            curves change, so only their pairs are scored again.
 
     Returns:
         Member id -> fitness; a lone member gets 0.0.
     """
     _check_score(score)
-    prepared = {member: _prepare(curve, smoother) for member, curve in curves.items()}
-    fitness: dict[int, float] = {}
-    for member, mine in prepared.items():
-        others = (theirs for other, theirs in prepared.items() if other != member)
-        fitness[member] = float(sum(_score(mine, theirs, score) for theirs in others))
+    if memo is None:
+        prepared = {member: _prepare(curve, smoother) for member, curve in curves.items()}
+        fitness: dict[int, float] = {}
+        for member, mine in prepared.items():
+            others = (theirs for other, theirs in prepared.items() if other != member)
+            fitness[member] = float(sum(_score(mine, theirs, score) for theirs in others))
+        return fitness
+    raws = {member: valid_points(curve) for member, curve in curves.items()}
+    keys = {member: raw.tobytes() for member, raw in raws.items()}
+    ready: dict[int, _Curve] = {}
+
+    def prep(member: int) -> _Curve:
+        if member not in ready:
+            ready[member] = _prepare(raws[member], smoother)
+        return ready[member]
+
+    fitness = {}
+    for member in raws:
+        total = 0.0
+        for other in raws:
+            if other == member:
+                continue
+            pair = (keys[member], keys[other])
+            value = memo.get(pair)
+            if value is None:
+                value = _score(prep(member), prep(other), score)
+                memo.put(pair, value)
+            total += value
+        fitness[member] = float(total)
     return fitness
+
+
+class PairMemo:
+    """A bounded least-recently-used memo of pair scores (a pure cache: see fire_fitness)."""
+
+    def __init__(self, maxsize: int = 65536) -> None:
+        self.maxsize = maxsize
+        self._data: OrderedDict[tuple[bytes, bytes], float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: tuple[bytes, bytes]) -> float | None:
+        value = self._data.get(key)
+        if value is not None:
+            self._data.move_to_end(key)
+        return value
+
+    def put(self, key: tuple[bytes, bytes], value: float) -> None:
+        self._data[key] = value
+        if len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
 
 
 # --------------------------------------------------------------------------------------------

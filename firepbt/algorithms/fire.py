@@ -188,6 +188,7 @@ class FirePBT(Algorithm):
             else curves.EMASmoother()
         )
         object.__setattr__(self, "_smooth", curves.CachedSmoother(base))
+        object.__setattr__(self, "_pairs", curves.PairMemo())
         object.__setattr__(self, "_sizes", sizes)
         object.__setattr__(self, "_n_eval", n_eval)
 
@@ -393,7 +394,9 @@ class FirePBT(Algorithm):
             # An evaluator that has barely started carries no information yet.
             if curves.valid_points(e.curve).size >= self.min_points:
                 evaluated[parent.id] = e.curve
-        return curves.fire_fitness(evaluated, self._smoother, self._score)
+        return curves.fire_fitness(
+            evaluated, self._smoother, self._score, self._pairs  # type: ignore[attr-defined]
+        )
 
     def _fence(self, snapshot: Snapshot, round_: _Round) -> None:
         """Stop 3 for every active evaluator whose parent or child lost its weights."""

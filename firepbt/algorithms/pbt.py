@@ -203,15 +203,18 @@ class PBT(Algorithm):
         return bool(p < self.ttest_p)
 
 
-def infer_eval_every(snapshot: Snapshot) -> int | None:
+def infer_eval_every(snapshot: Snapshot, hint: WorkerView | None = None) -> int | None:
     """Steps between curve points, read from the snapshot (None: no curve to read it from).
 
     A curve holds the points since the worker's weights were last overwritten, so
     ``(step - base) / len(curve)`` is the spacing, where ``base`` is the step of that overwrite:
     an evaluator's ``start_step``, 0 for a member never overwritten. For an overwritten member
     ``step / len(curve)`` is larger than the spacing, so the minimum over the workers is exact
-    as soon as one member was never overwritten or one evaluator has points.
+    as soon as one member was never overwritten or one evaluator has points. A ``hint`` member
+    never overwritten (``overwrites == 0``) gives the exact spacing at once.
     """
+    if hint is not None and hint.overwrites == 0 and hint.curve and hint.step > 0:
+        return max(1, round(hint.step / len(hint.curve)))
     best: float | None = None
     for w in snapshot.workers.values():
         n = len(w.curve)
@@ -238,6 +241,9 @@ def fitness_at(w: WorkerView, step: int, eval_every: int, window: int = 1) -> fl
         return None
     back = -(-(w.step - step) // eval_every) if step < w.step else 0  # ceil
     end = max(n - back, 1)
+    if window == 1:
+        v = w.curve[end - 1]
+        return None if v is None or math.isnan(v) else float(v)
     vals = [v for v in w.curve[max(0, end - window) : end] if v is not None and not math.isnan(v)]
     if not vals:
         return None
@@ -256,29 +262,34 @@ def equal_step_table(
     the table is returned unchanged (synchronous rounds: no work, no change).
     """
     views = snapshot.workers
-    ids = [int(i) for i in table.ids]
+    ranked = [views[int(i)] for i in table.ids]
     # A member whose weights were just overwritten has no point yet: it has no value at any
     # step, so it takes no part (ranked invalid, it would fill the bottom places).
-    pending = np.fromiter((len(views[i].curve) == 0 and i != member.id for i in ids),
-                          dtype=bool, count=len(ids))
-    if pending.any():
-        keep = ~pending
+    pending = [not w.curve and w.id != member.id for w in ranked]
+    if any(pending):
+        keep = ~np.array(pending)
         table = FitnessTable(table.ids[keep], table.values[keep])
-        ids = [i for i, p in zip(ids, pending, strict=True) if not p]
-    steps = np.fromiter((views[i].step for i in ids), dtype=np.int64, count=len(ids))
+        ranked = [w for w, p in zip(ranked, pending, strict=True) if not p]
+    steps = np.array([w.step for w in ranked], dtype=np.int64)
     valid = ~np.isnan(table.values)
     s = member.step
     if not valid.any() or bool((steps[valid] == s).all()):
         return table
     near = valid & (steps >= s - snapshot.interval)
     t = min(s, int(steps[near].min())) if near.any() else s
-    e = infer_eval_every(snapshot)
+    e = infer_eval_every(snapshot, member)
     if e is None:
         return table
     values = table.values.copy()
     for j in np.flatnonzero(near & (steps != t)):
-        f = fitness_at(views[ids[j]], t, e, window)
-        values[j] = np.nan if f is None else f
+        w = ranked[j]
+        if window == 1:  # inline fitness_at: the newest point at or before t
+            back = -(-(w.step - t) // e) if t < w.step else 0
+            v = w.curve[max(len(w.curve) - back, 1) - 1]
+            values[j] = np.nan if v is None or math.isnan(v) else v
+        else:
+            f = fitness_at(w, t, e, window)
+            values[j] = np.nan if f is None else f
     return FitnessTable(table.ids, values)
 
 
