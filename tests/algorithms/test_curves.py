@@ -779,3 +779,17 @@ def test_grid_fit_is_exact_on_its_grid() -> None:
     np.testing.assert_array_equal(g.grid_fit(y)[2], mean)
     with pytest.raises(ConfigError, match="fit='exact'"):
         curves.GPSmoother(fit="exact")
+
+
+def test_fire_fitness_with_a_pair_memo_equals_the_direct_sum() -> None:
+    rng = np.random.default_rng(5)
+    evaluated = {m: tuple(np.cumsum(rng.normal(0.1, 0.2, 12 + m))) for m in range(6)}
+    smoother = CachedSmoother(GPSmoother())
+    memo = curves.PairMemo()
+    direct = fire_fitness(evaluated, smoother)
+    assert fire_fitness(evaluated, smoother, memo=memo) == direct
+    assert len(memo) == 30  # every ordered pair once
+    # One curve grows: only its 10 pairs are new; the sums still match the direct ones.
+    evaluated[0] = (*evaluated[0], 5.0)
+    assert fire_fitness(evaluated, smoother, memo=memo) == fire_fitness(evaluated, smoother)
+    assert len(memo) == 40
