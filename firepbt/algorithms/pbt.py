@@ -258,8 +258,10 @@ def equal_step_table(
     The common step T is ``member.step``, lowered to the step of the ranked peer furthest
     behind among those at most one interval behind. Every ranked worker whose step differs
     from T gets its fitness at T from its curve (:func:`fitness_at`); peers more than one
-    interval behind keep their latest value. When every valid entry is already at ``member.step``
-    the table is returned unchanged (synchronous rounds: no work, no change).
+    interval behind keep their latest value. Members with no curve point yet (their weights
+    were just overwritten and they are training) are left out. When none is left out and every
+    valid entry is already at ``member.step`` the table is returned unchanged (synchronous
+    rounds: no work, no change).
     """
     views = snapshot.workers
     ranked = [views[int(i)] for i in table.ids]
