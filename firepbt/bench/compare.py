@@ -612,16 +612,25 @@ def main_fire_init(name: str = "fire-init", preset: str = "quick", seeds: int | 
     t0 = time.perf_counter()
     table = compare_variants(setup, init_variants(setup.population), list(range(n)), processes,
                              reference="fire-iid-sklearn")
-    vals = sorted(table["rows"]["pbt-iid"]["values"])
-    threshold = float(np.percentile(vals, 10))
-    table["pbt_level"] = {
-        "row": "pbt-iid", "threshold": threshold,
-        "counts": {k: sum(v >= threshold for v in r["values"])
-                   for k, r in table["rows"].items() if k.startswith("fire")},
-    }
+    if not setup.higher_is_better:
+        vals = sorted(table["rows"]["pbt-iid"]["values"])
+        threshold = float(np.percentile(vals, 10))
+        table["pbt_level"] = {
+            "row": "pbt-iid", "threshold": threshold,
+            "counts": {k: sum(v >= threshold for v in r["values"])
+                       for k, r in table["rows"].items() if k.startswith("fire")},
+        }
     print(format_variants(table), flush=True)
     return {"bench": name, "preset": preset, "seeds": n, "table": table,
             "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def main_fire_init_deceptive(name: str = "fire-init-deceptive", preset: str = "quick",
+                             seeds: int | None = None) -> dict[str, Any]:
+    """``firepbt bench fire-init-deceptive``: :func:`main_fire_init` on the deceptive toy
+    (objective, higher is better; no "PBT's level" count there)."""
+    out = main_fire_init(name, preset, seeds, task="deceptive")
+    return out
 
 
 def main_async_sync(name: str = "async-sync", preset: str = "quick",
