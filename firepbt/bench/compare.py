@@ -22,6 +22,17 @@ where each ``table`` holds ``steps``, ``interval``, ``population``, ``worker_ste
 by seed, ``mean``, ``std``, ``median``, ``min``, ``max``), ``p_fire_better`` (one-sided
 Mann-Whitney p-values of FIRE against each other method) and ``fire`` (transfers, stop reasons,
 evaluator budget used, transfers in the answer's lineage).
+
+Two more benchmarks compare *variants* of FIRE on one task (``compare_variants``: rows of a
+:class:`Variant` each - executor, mode, workers, algorithm - with one-sided Mann-Whitney
+p-values against a reference row, and exploits and transfers per run):
+
+- ``firepbt bench async-sync``: FIRE on the NQM in synchronous in-process rounds against
+  asynchronous mode on 2 process workers, with the equal-step ranking (default) and with the
+  old latest-value ranking;
+- ``firepbt bench fire-init`` (NQM) and ``fire-init-deceptive``: i.i.d. against Latin
+  hypercube initialisation and the GP fit by scikit-learn against the grid, for FIRE and PBT,
+  counting FIRE seeds that end at PBT's level on the NQM.
 """
 
 from __future__ import annotations
