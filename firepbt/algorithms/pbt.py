@@ -156,6 +156,7 @@ class PBT(Algorithm):
             fit = fitness if fitness is not None else {w.id: self._fitness(w) for w in peers}
             ids = [w.id for w in peers if w.id in fit]
             table = FitnessTable.build(ids, [fit[i] for i in ids])
+        n_all = len(table.ids)
         if fitness is None and self.rank_at == "equal_step" and self.exploit != "ttest":
             table = equal_step_table(snapshot, table, member, self.fitness_window)
         n = len(table.ids)
@@ -163,7 +164,14 @@ class PBT(Algorithm):
             return None
         if self.exploit == "truncation":
             n_q = min(max(1, math.floor(self.quantile * n)), n // 2)
-            if table.position(member.id) < n - n_q:
+            # Members left out of an equal-step table (no point yet) are unknown: the member
+            # must be in the bottom quantile by its rank *fraction* among the ranked ones,
+            # measured against the whole sub-population's cut. With every member ranked this
+            # is the plain rule; early in an asynchronous run, when only a few members have
+            # reported, it stops the worse of two from always copying the better.
+            n_q_all = min(max(1, math.floor(self.quantile * n_all)), n_all // 2)
+            position = table.position(member.id)
+            if position < n - n_q or position * n_all < (n_all - n_q_all) * n:
                 return None
             # Members with a valid fitness have finished a segment, so each has a checkpoint.
             top = table.top(n_q)

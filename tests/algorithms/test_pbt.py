@@ -267,14 +267,28 @@ def test_equal_step_reads_peers_ahead_at_the_ready_members_step() -> None:
 
 
 def test_equal_step_leaves_out_members_without_a_point_since_their_overwrite() -> None:
-    workers = [member(i, float(i), step=10, curve=(float(i), float(i))) for i in range(4)]
-    workers.append(member(4, None, step=10, curve=()))  # just exploited, still training
-    # Latest: the pointless member 4 ranks last and fills the only bottom place (n = 5,
-    # n_q = 1), so member 0 never exploits; equal_step ranks the 4 others and it does.
-    assert isinstance(decide_one(PBT(population=5, rank_at="latest"),
+    workers = [member(i, float(i), step=10, curve=(float(i), float(i))) for i in range(7)]
+    workers += [member(7, None, step=10, curve=()), member(8, None, step=10, curve=())]
+    # Latest: the two pointless members 7 and 8 rank last and fill both bottom places (n = 9,
+    # n_q = 2), so member 0 never exploits. equal_step ranks the 7 others: member 0 is the
+    # worst (position 6 of 7, 6/7 >= the whole population's cut 7/9) and copies one of the
+    # top 1 of 7 (member 6); member 1 (5/7 < 7/9) does not exploit.
+    assert isinstance(decide_one(PBT(population=9, rank_at="latest"),
                                  snapshot(workers, [0])), Continue)
-    d = decide_one(PBT(population=5), snapshot(workers, [0]))
-    assert isinstance(d, Exploit) and d.donor == 3
+    d = decide_one(PBT(population=9), snapshot(workers, [0]))
+    assert isinstance(d, Exploit) and d.donor == 6
+    assert isinstance(decide_one(PBT(population=9), snapshot(workers, [1])), Continue)
+
+
+def test_equal_step_does_not_exploit_among_the_first_few_to_report() -> None:
+    # Asynchronous start: members 0 and 1 have trained to step 10, members 2-7 not yet.
+    workers = [member(0, None, step=10, curve=(0.0, 0.0)), member(1, None, step=10,
+                                                                   curve=(1.0, 1.0))]
+    workers += [member(i, None, step=0, curve=()) for i in range(2, 8)]
+    # Among the 2 that reported, member 0 is the worse, but 1/2 is not in the bottom
+    # quarter of 8: no exploit (a synchronous round would exploit 2 of 8, not 1 of 2).
+    for s in range(10):
+        assert isinstance(decide_one(PBT(population=8), snapshot(workers, [0]), s), Continue)
 
 
 def test_equal_step_keeps_latest_values_of_peers_more_than_an_interval_behind() -> None:
