@@ -285,11 +285,13 @@ class Controller:
                 }
             )
             members = 0
+            # The algorithm owns the initial draw (Latin hypercube or i.i.d., its ``init``).
+            drawn = [] if initial else algorithm.initial_hparams(init_space, self.rng)
             for wid, role in enumerate(algorithm.topology()):
                 if role.role == MEMBER:
                     # Given starting points (a grid, a warm start) cycle over the members.
                     hp = (dict(initial[members % len(initial)]) if initial
-                          else init_space.sample(self.rng))
+                          else drawn[members])
                     members += 1
                     rec = WorkerRecord(wid, MEMBER, role.subpop, hp, 0, None)
                     self._event("init", wid, 0, new_hparams=hp)

@@ -248,6 +248,15 @@ class Distribution(ABC):
     def sample(self, rng: np.random.Generator) -> Scalar:
         """Draw one value from the prior, as a plain Python value."""
 
+    def from_unit(self, u: float) -> Scalar:
+        """The value at quantile ``u`` in [0, 1) (Latin hypercube initialisation).
+
+        Built-in distributions map ``u`` through their own scale: uniform linearly,
+        log-uniform in log space, integers rounded (each value gets an equal share; log
+        integers as in :meth:`sample`), choices by index.
+        """
+        raise ConfigError(f"{type(self).__name__}: no quantile function; use init='iid'")
+
     @abstractmethod
     def coerce(self, value: Any, key: str = "value") -> Scalar:
         """Return ``value`` as the plain Python value this distribution holds.
@@ -347,6 +356,9 @@ class Uniform(_Bounded):
     def sample(self, rng: np.random.Generator) -> float:
         return float(rng.uniform(self.low, self.high))
 
+    def from_unit(self, u: float) -> float:
+        return min(max(self.low + float(u) * (self.high - self.low), self.low), self.high)
+
     def coerce(self, value: Any, key: str = "value") -> float:
         return self._check_real(value, key)
 
@@ -384,6 +396,10 @@ class LogUniform(_Bounded):
         x = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
         # exp(log(high)) can land one ulp above high.
         return min(max(x, self.low), self.high)
+
+    def from_unit(self, u: float) -> float:
+        lo, hi = math.log(self.low), math.log(self.high)
+        return min(max(math.exp(lo + float(u) * (hi - lo)), self.low), self.high)
 
     def coerce(self, value: Any, key: str = "value") -> float:
         return self._check_real(value, key)
@@ -434,6 +450,14 @@ class Int(_Bounded):
         n = round(math.exp(rng.uniform(lo, hi)))
         return min(max(n, self.low), self.high)
 
+    def from_unit(self, u: float) -> int:
+        if not self.log:
+            n = self.low + math.floor(float(u) * (self.high - self.low + 1))
+        else:
+            lo, hi = math.log(self.low - 0.5), math.log(self.high + 0.5)
+            n = round(math.exp(lo + float(u) * (hi - lo)))
+        return min(max(n, self.low), self.high)
+
     def coerce(self, value: Any, key: str = "value") -> int:
         value = _plain(value)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -475,6 +499,10 @@ class _Choices(Distribution):
 
     def sample(self, rng: np.random.Generator) -> Scalar:
         return self.values[int(rng.integers(len(self.values)))]
+
+    def from_unit(self, u: float) -> Scalar:
+        n = len(self.values)
+        return self.values[min(max(math.floor(float(u) * n), 0), n - 1)]
 
     def coerce(self, value: Any, key: str = "value") -> Scalar:
         try:
@@ -671,6 +699,31 @@ class Space:
         flat: dict[str, Any] = {k: d.sample(rng) for k, d in self._distributions.items()}
         flat.update(self._constants)
         return self.unflatten(flat)
+
+    def sample_lhs(self, n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+        """``n`` points of one scrambled Latin hypercube over the tunable values.
+
+        Each dimension (a tunable key, in sorted order) is cut into ``n`` equal-probability
+        strata and every stratum holds exactly one point; the design is seeded from ``rng``
+        (``scipy.stats.qmc.LatinHypercube``) and each coordinate is mapped through its
+        distribution's :meth:`Distribution.from_unit`. Constants are carried as given.
+        """
+        if n < 1:
+            return []
+        dists = list(self._distributions.items())
+        if dists:
+            from scipy.stats import qmc
+
+            design = qmc.LatinHypercube(d=len(dists), scramble=True, seed=rng).random(n)
+        else:
+            design = np.zeros((n, 0))
+        out = []
+        for row in design:
+            flat: dict[str, Any] = {k: d.from_unit(float(u)) for (k, d), u in zip(dists, row,
+                                                                                   strict=True)}
+            flat.update(self._constants)
+            out.append(self.unflatten(flat))
+        return out
 
     def validate(self, hparams: Mapping[str, Any]) -> None:
         """Check that ``hparams`` is exactly a point of this space.

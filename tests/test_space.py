@@ -808,3 +808,36 @@ def test_reciprocal_walk_has_no_drift_but_the_ray_pair_drifts(seed: int) -> None
     # Ray: mean (log 1.2 + log 0.8) / 2 = log(0.96) / 2 = -0.0204 per step.
     ray = _mean_log_step("ray", seed)
     assert ray == pytest.approx(math.log(0.96) / 2, abs=4 * 0.203 / math.sqrt(20_000))
+
+
+# --- Latin hypercube initialisation (fire-pbt.md section 12) ---------------------------------
+
+
+def test_from_unit_maps_quantiles_through_each_scale() -> None:
+    assert Uniform(2.0, 4.0).from_unit(0.25) == 2.5
+    assert LogUniform(1e-3, 1.0).from_unit(0.5) == pytest.approx(10**-1.5)
+    assert LogUniform(1e-3, 1.0).from_unit(0.0) == pytest.approx(1e-3)
+    assert [Int(1, 4).from_unit(u) for u in (0.0, 0.24, 0.25, 0.74, 0.99)] == [1, 1, 2, 3, 4]
+    assert Choice(("a", "b", "c")).from_unit(0.5) == "b"
+    assert Ordered((1, 2)).from_unit(0.999) == 2
+    assert 1 <= Int(1, 100, log=True).from_unit(0.5) <= 100
+
+
+def test_sample_lhs_puts_one_point_in_every_stratum_of_every_dimension() -> None:
+    space = Space(lr=LogUniform(1e-3, 1.0), mom=Uniform(0.0, 1.0), width=Int(0, 7), c=3)
+    for seed in range(5):
+        pts = space.sample_lhs(8, np.random.default_rng(seed))
+        assert len(pts) == 8 and all(p["c"] == 3 and space.contains(p) for p in pts)
+        lr_strata = sorted(int(8 * math.log10(p["lr"] * 1e3) / 3) for p in pts)
+        assert lr_strata == list(range(8))
+        assert sorted(int(8 * p["mom"]) for p in pts) == list(range(8))
+        assert sorted(p["width"] for p in pts) == list(range(8))
+
+
+def test_sample_lhs_is_seeded_by_the_generator() -> None:
+    space = Space(lr=LogUniform(1e-3, 1.0))
+    a = space.sample_lhs(5, np.random.default_rng(1))
+    assert a == space.sample_lhs(5, np.random.default_rng(1))
+    assert a != space.sample_lhs(5, np.random.default_rng(2))
+    assert Space(c=1).sample_lhs(2, np.random.default_rng(0)) == [{"c": 1}, {"c": 1}]
+    assert space.sample_lhs(0, np.random.default_rng(0)) == []

@@ -1,4 +1,4 @@
-"""Pure decision logic: PBT, FIRE PBT, random search."""
+"""Pure decision logic: PBT, PB2, FIRE PBT, random search."""
 
 from __future__ import annotations
 
@@ -27,11 +27,15 @@ def algorithm_from_config(cfg: dict[str, Any]) -> Algorithm:
         return PBT(**cfg)
     if name == "random":
         return RandomSearch(**cfg)
+    if name == "pb2":
+        from firepbt.algorithms.pb2 import PB2
+
+        return PB2(**cfg)
     if name == "fire":
         from firepbt.algorithms.fire import FirePBT
 
         return FirePBT(**cfg)
-    raise ConfigError(f"algorithm {name!r}: unknown; expected one of pbt, fire, random")
+    raise ConfigError(f"algorithm {name!r}: unknown; expected one of pbt, pb2, fire, random")
 
 
 __all__ = ["PBT", "Algorithm", "RandomSearch", "algorithm_from_config"]

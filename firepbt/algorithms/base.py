@@ -241,6 +241,31 @@ class Algorithm(ABC):
     def validate(self, interval: int, eval_every: int, total_steps: int) -> None:  # noqa: B027
         """Check settings that depend on the run (raise ConfigError); default: nothing."""
 
+    def initial_hparams(self, space: Space, rng: np.random.Generator) -> list[dict[str, Any]]:
+        """Starting hyperparameters of the members of :meth:`topology`, in id order.
+
+        With the algorithm's ``init`` setting (default ``"lhs"``; Decision, fire-pbt.md
+        section 12) each sub-population gets one scrambled Latin hypercube over ``space``
+        (:meth:`Space.sample_lhs`), drawn in sub-population order; ``"iid"`` draws every
+        member independently from the prior (:meth:`Space.sample`, in id order).
+        """
+        members = [r for r in self.topology() if r.role == MEMBER]
+        if getattr(self, "init", "lhs") == "iid":
+            return [space.sample(rng) for _ in members]
+        sizes: dict[int, int] = {}
+        for r in members:
+            sizes[r.subpop] = sizes.get(r.subpop, 0) + 1
+        designs = {k: iter(space.sample_lhs(sizes[k], rng)) for k in sorted(sizes)}
+        return [next(designs[r.subpop]) for r in members]
+
+
+INITS = ("lhs", "iid")
+
+
+def require_init(init: Any) -> None:
+    """Validate an algorithm's ``init`` setting."""
+    require(init in INITS, f"init={init!r}: must be one of {', '.join(INITS)}")
+
 
 def require(ok: bool, message: str) -> None:
     """Raise ConfigError(message) unless ``ok`` - keeps validation one line per rule."""

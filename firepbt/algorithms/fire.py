@@ -36,6 +36,7 @@ from firepbt.algorithms.base import (
     WorkerView,
     fitness_of,
     require,
+    require_init,
 )
 from firepbt.algorithms.pbt import PBT
 from firepbt.space import ExploreConfig
@@ -77,6 +78,12 @@ class FirePBT(Algorithm):
             an evaluator's curve needs before its parent gets a FIRE fitness.
         gp_refit_growth: with the GP smoother, refit the kernel hyperparameters only when a
             curve has grown by this factor (1 = on every call; see ``curves.GPSmoother``).
+        init: "lhs" (default; Decision, fire-pbt.md section 12): each sub-population's
+            starting hyperparameters are one scrambled Latin hypercube over the space; "iid":
+            every member drawn from the prior. (``pbt.init`` is not used inside FIRE.)
+        gp_fit: how the GP smoother fits its kernel: "grid" (default; closed-form marginal
+            likelihood over a grid, eigendecompositions memoised per curve length) or
+            "sklearn" (scikit-learn's optimiser; see ``curves.GPSmoother``).
     """
 
     name: ClassVar[str] = "fire"
@@ -92,8 +99,11 @@ class FirePBT(Algorithm):
     fitness: str = "improvement"
     min_points: int = 3
     gp_refit_growth: float = 1.0
+    init: str = "lhs"
+    gp_fit: str = "grid"
 
     def __post_init__(self) -> None:
+        require_init(self.init)
         if isinstance(self.pbt, Mapping):
             object.__setattr__(self, "pbt", _pbt_from_config(self.pbt))
         require(isinstance(self.pbt, PBT), f"pbt={self.pbt!r}: must be a PBT (or its config)")
@@ -167,13 +177,18 @@ class FirePBT(Algorithm):
             and math.isfinite(self.gp_refit_growth) and self.gp_refit_growth >= 1.0,
             f"gp_refit_growth={self.gp_refit_growth!r}: must be a number >= 1",
         )
+        require(
+            self.gp_fit in curves.GP_FITS,
+            f"gp_fit={self.gp_fit!r}: must be one of {', '.join(curves.GP_FITS)}",
+        )
         base: curves.Smoother
         base = (
-            curves.GPSmoother(refit_growth=self.gp_refit_growth)
+            curves.GPSmoother(refit_growth=self.gp_refit_growth, fit=self.gp_fit)
             if self.smoother == "gp"
             else curves.EMASmoother()
         )
         object.__setattr__(self, "_smooth", curves.CachedSmoother(base))
+        object.__setattr__(self, "_pairs", curves.PairMemo())
         object.__setattr__(self, "_sizes", sizes)
         object.__setattr__(self, "_n_eval", n_eval)
 
@@ -381,7 +396,9 @@ class FirePBT(Algorithm):
             # An evaluator that has barely started carries no information yet.
             if curves.valid_points(e.curve).size >= self.min_points:
                 evaluated[parent.id] = e.curve
-        return curves.fire_fitness(evaluated, self._smoother, self._score)
+        return curves.fire_fitness(
+            evaluated, self._smoother, self._score, self._pairs  # type: ignore[attr-defined]
+        )
 
     def _fence(self, snapshot: Snapshot, round_: _Round) -> None:
         """Stop 3 for every active evaluator whose parent or child lost its weights."""

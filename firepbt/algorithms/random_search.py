@@ -16,17 +16,24 @@ from firepbt.algorithms.base import (
     Snapshot,
     fitness_of,
     require,
+    require_init,
 )
 
 
 @dataclass(frozen=True)
 class RandomSearch(Algorithm):
-    """Each member keeps the hyperparameters sampled at start; nothing is ever copied."""
+    """Each member keeps the hyperparameters sampled at start; nothing is ever copied.
+
+    ``init``: "lhs" (default) draws the population as one scrambled Latin hypercube, "iid"
+    draws each member from the prior (``Algorithm.initial_hparams``).
+    """
 
     name: ClassVar[str] = "random"
     population: int = 8
+    init: str = "lhs"
 
     def __post_init__(self) -> None:
+        require_init(self.init)
         require(
             isinstance(self.population, int) and self.population >= 1,
             f"population={self.population!r}: must be an integer >= 1",
@@ -39,4 +46,4 @@ class RandomSearch(Algorithm):
         return [Continue(w, fitness_of(snapshot.workers[w])) for w in snapshot.ready]
 
     def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, "population": self.population}
+        return {"name": self.name, "population": self.population, "init": self.init}

@@ -17,6 +17,9 @@ BENCHES = {
     "fmnist": "firepbt.bench.real",
     "rl": "firepbt.bench.real",
     "decision-cost": "firepbt.bench.compare:main_decision_cost",
+    "async-sync": "firepbt.bench.compare:main_async_sync",
+    "fire-init": "firepbt.bench.compare:main_fire_init",
+    "fire-init-deceptive": "firepbt.bench.compare:main_fire_init_deceptive",
 }
 
 

@@ -1,7 +1,7 @@
-"""FIRE PBT against PBT and random search at equal worker-steps (``firepbt bench toys|nqm``).
+"""FIRE PBT against PBT, PB2 and random search at equal worker-steps (``firepbt bench toys|nqm``).
 
 Every method gets the same worker budget: FIRE's members *and* evaluators count as workers
-(8 + 8 + 6 = 22 by default), so PBT and random search run ``22`` members, and every member
+(8 + 8 + 6 = 22 by default), so PBT, PB2 and random search run ``22`` members, and every member
 trains ``steps`` steps. Runs use the in-process executor, an in-memory store and synchronous
 rounds, so each (method, seed) is exactly reproducible; seeds are spread over a small process
 pool (the harness only - the engine is unchanged).
@@ -22,6 +22,17 @@ where each ``table`` holds ``steps``, ``interval``, ``population``, ``worker_ste
 by seed, ``mean``, ``std``, ``median``, ``min``, ``max``), ``p_fire_better`` (one-sided
 Mann-Whitney p-values of FIRE against each other method) and ``fire`` (transfers, stop reasons,
 evaluator budget used, transfers in the answer's lineage).
+
+Two more benchmarks compare *variants* of FIRE on one task (``compare_variants``: rows of a
+:class:`Variant` each - executor, mode, workers, algorithm - with one-sided Mann-Whitney
+p-values against a reference row, and exploits and transfers per run):
+
+- ``firepbt bench async-sync``: FIRE on the NQM in synchronous in-process rounds against
+  asynchronous mode on 2 process workers, with the equal-step ranking (default) and with the
+  old latest-value ranking;
+- ``firepbt bench fire-init`` (NQM) and ``fire-init-deceptive``: i.i.d. against Latin
+  hypercube initialisation and the GP fit by scikit-learn against the grid, for FIRE and PBT,
+  counting FIRE seeds that end at PBT's level on the NQM.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from scipy import stats
 
 from firepbt.algorithms import PBT, Algorithm, RandomSearch, algorithm_from_config
 from firepbt.algorithms.fire import FirePBT
+from firepbt.algorithms.pb2 import PB2
 from firepbt.api import run
 from firepbt.bench._pool import pool_map
 from firepbt.bench.controller import measure as measure_controller
@@ -56,7 +68,7 @@ from firepbt.tasks.toys import DeceptiveToy, NumpyTask, PlainToy
 POPULATION = 22  # FIRE's default 8 + 8 + 6; PBT and random search get all 22 as members
 SEEDS = {"quick": 3, "full": 20}
 PROCESSES = 2  # the machine has 2 cores and is shared
-METHODS = ("fire", "pbt", "random")
+METHODS = ("fire", "pbt", "pb2", "random")
 # Peak learning rates tried for the hand-tuned NQM schedules: a factor 2**(1/4) grid from 1/4
 # to 1.0, the top of the search space FIRE and PBT draw from (so every method has the same
 # learning rates to choose from; the NQM itself tolerates up to 2 / max curvature = 2).
@@ -114,6 +126,8 @@ class Setup:
             return FirePBT(population=self.population)
         if method == "pbt":
             return PBT(population=self.population)
+        if method == "pb2":
+            return PB2(population=self.population)
         if method == "random":
             return RandomSearch(population=self.population)
         raise ConfigError(f"method={method!r}: must be one of {', '.join(METHODS)}")
@@ -158,8 +172,11 @@ def fast_scratch() -> Iterator[None]:
             tempfile.tempdir = old
 
 
-def run_one(setup: Setup, method: str, seed: int) -> dict[str, Any]:
-    """Train one population and summarise it.
+def run_one(
+    setup: Setup, method: str, seed: int, variant: Variant | None = None
+) -> dict[str, Any]:
+    """Train one population and summarise it (``variant``: executor and mode; default
+    in-process, synchronous rounds, 1 worker, the method's default algorithm).
 
     Returns:
         ``value`` (the reported number), ``metric``, ``wall_s``, ``transfers``, ``exploits``,
@@ -169,19 +186,28 @@ def run_one(setup: Setup, method: str, seed: int) -> dict[str, Any]:
     """
     steps, interval, eval_every = setup.settings()
     task = setup.random_task if method == "random" else setup.task
+    v = variant or Variant(method)
+    algorithm = v.algorithm if v.algorithm is not None else setup.algorithm(method)
+    if v.executor == "process":
+        # multiprocessing's own temp dir (the fork server's socket) must outlive the scratch
+        # directory below: create it first, in the ordinary temp dir.
+        from multiprocessing import util
+
+        util.get_temp_dir()
     t0 = time.perf_counter()
     with fast_scratch():
         result = run(
-            task, algorithm=setup.algorithm(method), steps=steps, interval=interval,
-            eval_every=eval_every, store="memory://", executor="inprocess", workers=1,
-            seed=seed, mode="sync",
+            task, algorithm=algorithm, steps=steps, interval=interval,
+            eval_every=eval_every, store="memory://", executor=v.executor, workers=v.workers,
+            seed=seed, mode=v.mode,
         )
         wall = time.perf_counter() - t0
         metric, best = result.best_metric, result.best
         if metric is None or best is None:
             raise RuntimeError(f"{setup.name}/{method}/seed {seed}: no member has a valid metric")
         out = {
-            "method": method, "seed": seed, "value": setup.reported(metric), "metric": metric,
+            "method": v.label if variant is not None else method, "seed": seed,
+            "value": setup.reported(metric), "metric": metric,
             "wall_s": round(wall, 2), **run_diagnostics(result, best, setup.hparam),
         }
         result.store.close()
@@ -204,7 +230,19 @@ def run_diagnostics(result: Result, best: int, hparam: str) -> dict[str, Any]:
     }
 
 
-def _job(args: tuple[Setup, str, int]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Variant:
+    """How one row of a table runs: its label, executor, mode, workers and algorithm
+    (``None``: the setup's default algorithm for the method)."""
+
+    label: str
+    executor: str = "inprocess"
+    mode: str = "sync"
+    workers: int = 1
+    algorithm: Algorithm | None = None
+
+
+def _job(args: tuple[Setup, str, int] | tuple[Setup, str, int, Variant]) -> dict[str, Any]:
     return run_one(*args)
 
 
@@ -408,22 +446,25 @@ def decision_cost(
 
 
 def measure_decision_cost(workers: int = 100, intervals: int = 10) -> dict[str, Any]:
-    """FIRE (GP and EMA smoothing) against PBT at ``workers`` workers; ratios to PBT."""
+    """FIRE (GP smoothing fitted on the grid or by scikit-learn, EMA smoothing) and PB2
+    against PBT at ``workers`` workers; ratios to PBT."""
     rows = {
         "pbt": decision_cost(PBT(population=workers), intervals),
         "fire_gp": decision_cost(FirePBT(population=workers, smoother="gp"), intervals),
-        "fire_gp_refit_1.5": decision_cost(
-            FirePBT(population=workers, smoother="gp", gp_refit_growth=1.5), intervals
+        "fire_gp_sklearn": decision_cost(
+            FirePBT(population=workers, smoother="gp", gp_fit="sklearn"), intervals
         ),
         "fire_ema": decision_cost(FirePBT(population=workers, smoother="ema"), intervals),
+        "pb2": decision_cost(PB2(population=workers), intervals),
     }
     base = rows["pbt"]["us_per_result"]
     return {
         "workers": workers, "intervals": intervals, "rows": rows,
         "ratio_fire_gp_to_pbt": round(rows["fire_gp"]["us_per_result"] / base, 2),
-        "ratio_fire_gp_refit_to_pbt": round(
-            rows["fire_gp_refit_1.5"]["us_per_result"] / base, 2
+        "ratio_fire_gp_sklearn_to_pbt": round(
+            rows["fire_gp_sklearn"]["us_per_result"] / base, 2
         ),
+        "ratio_pb2_to_pbt": round(rows["pb2"]["us_per_result"] / base, 2),
         "ratio_fire_ema_to_pbt": round(rows["fire_ema"]["us_per_result"] / base, 2),
     }
 
@@ -437,6 +478,176 @@ def main_decision_cost(name: str = "decision-cost", preset: str = "quick",
         print(f"{key:>18}: {row['us_per_result']:>8.0f} us per handled result "
               f"(x{ratio:.2f} of PBT)", flush=True)
     return {"bench": "decision-cost", **out}
+
+
+# --------------------------------------------------------------------------------------------
+# Asynchronous process workers against synchronous in-process rounds
+# --------------------------------------------------------------------------------------------
+
+ASYNC_WORKERS = 2  # process workers of the asynchronous rows (the machine has 2 cores)
+
+
+def async_variants(population: int = POPULATION,
+                   workers: int = ASYNC_WORKERS) -> dict[str, Variant]:
+    """The rows of ``firepbt bench async-sync``: FIRE's defaults in synchronous in-process
+    rounds (the reference), then asynchronous on ``workers`` process workers with the default
+    equal-step ranking and with the old latest-value ranking (``PBT(rank_at="latest")`` inside
+    every sub-population), and asynchronous in-process with the latest-value ranking (the same
+    staggering without process timing)."""
+
+    def fire(rank_at: str) -> FirePBT:
+        return FirePBT(population=population, pbt=PBT(rank_at=rank_at))
+
+    return {
+        "sync-inprocess": Variant("sync-inprocess"),
+        "async-process": Variant("async-process", "process", "async", workers, fire("equal_step")),
+        "async-process-latest": Variant(
+            "async-process-latest", "process", "async", workers, fire("latest")
+        ),
+        "async-inprocess-latest": Variant(
+            "async-inprocess-latest", "inprocess", "async", workers, fire("latest")
+        ),
+    }
+
+
+def _variant_job(args: tuple[Setup, int, Variant]) -> dict[str, Any]:
+    setup, seed, variant = args
+    out = run_one(setup, "fire", seed, variant)
+    print(f"  {setup.name} {variant.label:>24} seed {seed:>3}: {out['value']:+.5f} "
+          f"({out['wall_s']:.1f} s, {out['exploits']} exploits, {out['transfers']} transfers)",
+          flush=True)
+    return out
+
+
+def compare_variants(
+    setup: Setup, variants: dict[str, Variant], seeds: Sequence[int],
+    processes: int = PROCESSES, reference: str = "sync-inprocess",
+) -> dict[str, Any]:
+    """FIRE under each variant on ``seeds``: values, exploits and transfers per seed, and the
+    one-sided Mann-Whitney p-value of "the reference is better than this variant" (small: the
+    variant loses)."""
+    jobs = [(setup, s, v) for v in variants.values() for s in seeds]
+    if processes <= 1:
+        outs = [_variant_job(j) for j in jobs]
+    else:
+        method = "fork" if "fork" in get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(processes, mp_context=get_context(method)) as pool:
+            outs = list(pool.map(_variant_job, jobs))
+    rows: dict[str, Any] = {}
+    for key, v in variants.items():
+        rs = [o for o in outs if o["method"] == v.label]
+        rows[key] = {
+            **describe([r["value"] for r in rs]),
+            "executor": v.executor, "mode": v.mode, "workers": v.workers,
+            "exploits": [r["exploits"] for r in rs], "transfers": [r["transfers"] for r in rs],
+            "wall_s": round(sum(r["wall_s"] for r in rs), 1),
+        }
+    ref = rows[reference]["values"]
+    p = {k: fire_better_p(ref, r["values"], setup.higher_is_better)
+         for k, r in rows.items() if k != reference}
+    p_rev = {k: fire_better_p(r["values"], ref, setup.higher_is_better)
+             for k, r in rows.items() if k != reference}
+    return {"p_better_than_reference": p_rev, "task": setup.name,
+            "steps": setup.settings()[0], "population": setup.population,
+            "metric": "objective" if setup.higher_is_better else "loss",
+            "higher_is_better": setup.higher_is_better, "seeds": list(seeds), "rows": rows,
+            "reference": reference, "p_reference_better": p}
+
+
+def format_variants(table: dict[str, Any]) -> str:
+    better = "higher" if table["higher_is_better"] else "lower"
+    lines = [f"{table['task']}: FIRE {table['metric']} ({better} is better), W = "
+             f"{table['population']} workers x {table['steps']} steps, "
+             f"{len(table['seeds'])} seeds"]
+    lines.append(f"  {'variant':<24} {'mean':>9} {'std':>9} {'median':>9} {'exploits':>9} "
+                 f"{'transfers':>9}")
+    for k, r in table["rows"].items():
+        lines.append(f"  {k:<24} {r['mean']:>9.5f} {r['std']:>9.5f} {r['median']:>9.5f} "
+                     f"{statistics.fmean(r['exploits']):>9.1f} "
+                     f"{statistics.fmean(r['transfers']):>9.1f}")
+    for k, r in table["rows"].items():
+        lines.append(f"  {k:<24} per seed: " + " ".join(f"{v:.4f}" for v in r["values"]))
+    for k, pv in table["p_reference_better"].items():
+        rev = table["p_better_than_reference"][k]
+        lines.append(f"  one-sided Mann-Whitney p({table['reference']} better than {k}) = "
+                     f"{pv:.3g}; p({k} better than {table['reference']}) = {rev:.3g}")
+    level = table.get("pbt_level")
+    if level is not None:
+        lines.append(f"  seeds at PBT's level (loss >= {level['threshold']:.4f}, the 10th "
+                     f"percentile of {level['row']}'s losses): "
+                     + ", ".join(f"{k} {n}/{len(table['seeds'])}"
+                                 for k, n in level["counts"].items()))
+    return "\n".join(lines)
+
+
+def init_variants(population: int = POPULATION) -> dict[str, Variant]:
+    """The rows of ``firepbt bench fire-init``: PBT and FIRE with i.i.d. and Latin hypercube
+    initial hyperparameters, and FIRE's GP smoother fitted by scikit-learn or the grid."""
+    return {
+        "fire-iid-sklearn": Variant("fire-iid-sklearn", algorithm=FirePBT(
+            population=population, init="iid", gp_fit="sklearn")),
+        "fire-lhs-sklearn": Variant("fire-lhs-sklearn", algorithm=FirePBT(
+            population=population, init="lhs", gp_fit="sklearn")),
+        "fire-iid-grid": Variant("fire-iid-grid", algorithm=FirePBT(
+            population=population, init="iid", gp_fit="grid")),
+        "fire-lhs-grid": Variant("fire-lhs-grid", algorithm=FirePBT(population=population)),
+        "pbt-iid": Variant("pbt-iid", algorithm=PBT(population=population, init="iid")),
+        "pbt-lhs": Variant("pbt-lhs", algorithm=PBT(population=population)),
+    }
+
+
+def main_fire_init(name: str = "fire-init", preset: str = "quick", seeds: int | None = None,
+                   processes: int = PROCESSES, setups: dict[str, Setup] | None = None,
+                   task: str = "nqm") -> dict[str, Any]:
+    """``firepbt bench fire-init``: the effect of Latin hypercube initialisation (and of the
+    grid GP fit) on FIRE and PBT, NQM, in synchronous in-process rounds. Reference row: FIRE's
+    old defaults (i.i.d. initialisation, scikit-learn GP fit)."""
+    if preset not in SEEDS:
+        raise ConfigError(f"preset={preset!r}: must be one of {', '.join(SEEDS)}")
+    n = seeds if seeds is not None else SEEDS[preset]
+    setup = (SETUPS if setups is None else setups)[task]
+    t0 = time.perf_counter()
+    table = compare_variants(setup, init_variants(setup.population), list(range(n)), processes,
+                             reference="fire-iid-sklearn")
+    if not setup.higher_is_better:
+        vals = sorted(table["rows"]["pbt-iid"]["values"])
+        threshold = float(np.percentile(vals, 10))
+        table["pbt_level"] = {
+            "row": "pbt-iid", "threshold": threshold,
+            "counts": {k: sum(v >= threshold for v in r["values"])
+                       for k, r in table["rows"].items() if k.startswith("fire")},
+        }
+    print(format_variants(table), flush=True)
+    return {"bench": name, "preset": preset, "seeds": n, "table": table,
+            "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def main_fire_init_deceptive(name: str = "fire-init-deceptive", preset: str = "quick",
+                             seeds: int | None = None) -> dict[str, Any]:
+    """``firepbt bench fire-init-deceptive``: :func:`main_fire_init` on the deceptive toy
+    (objective, higher is better; no "PBT's level" count there)."""
+    out = main_fire_init(name, preset, seeds, task="deceptive")
+    return out
+
+
+def main_async_sync(name: str = "async-sync", preset: str = "quick",
+                    seeds: int | None = None, processes: int = PROCESSES,
+                    setups: dict[str, Setup] | None = None,
+                    variants: Sequence[str] | None = None) -> dict[str, Any]:
+    """``firepbt bench async-sync``: FIRE on the NQM in synchronous in-process rounds against
+    asynchronous process workers (and the diagnostic rows of :func:`async_variants`)."""
+    if preset not in SEEDS:
+        raise ConfigError(f"preset={preset!r}: must be one of {', '.join(SEEDS)}")
+    n = seeds if seeds is not None else SEEDS[preset]
+    setup = (SETUPS if setups is None else setups)["nqm"]
+    rows = async_variants(setup.population)
+    if variants is not None:
+        rows = {k: rows[k] for k in ("sync-inprocess", *variants) if k in rows}
+    t0 = time.perf_counter()
+    table = compare_variants(setup, rows, list(range(n)), processes)
+    print(format_variants(table), flush=True)
+    return {"bench": name, "preset": preset, "seeds": n, "table": table,
+            "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 # --------------------------------------------------------------------------------------------

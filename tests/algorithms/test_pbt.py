@@ -17,7 +17,7 @@ from firepbt.algorithms.base import (
     WorkerView,
     rank_order,
 )
-from firepbt.algorithms.pbt import PBT
+from firepbt.algorithms.pbt import PBT, equal_step_table, fitness_at, infer_eval_every
 from firepbt.algorithms.random_search import RandomSearch
 from firepbt.errors import ConfigError
 from firepbt.space import ExploreConfig, LogUniform, Space
@@ -205,3 +205,125 @@ def test_a_donor_with_steps_left_is_still_copied_when_the_other_finished() -> No
     workers = [member(i, float(i), step=950) for i in range(7)] + [member(7, 7.0, step=1000)]
     donors = {decide_one(PBT(population=8), snapshot(workers, [0]), s).donor for s in range(40)}
     assert donors == {6}
+
+
+# --- rank_at="equal_step": staggered asynchronous populations --------------------------------
+# interval 10 (the snapshot helper), eval_every 5: two curve points per interval, so a member
+# never overwritten at step 20 has 4 points, at steps 5, 10, 15, 20.
+
+
+def test_fitness_at_and_eval_every_read_the_curve_by_step() -> None:
+    w = member(0, None, step=20, curve=(1.0, 2.0, 3.0, 4.0))
+    assert infer_eval_every(snapshot([w], [0])) == 5
+    assert [fitness_at(w, t, 5) for t in (20, 15, 10, 5)] == [4.0, 3.0, 2.0, 1.0]
+    assert fitness_at(w, 12, 5) == 2.0  # the newest point at or before step 12
+    assert fitness_at(w, 20, 5, window=2) == 3.5
+    assert fitness_at(w, 0, 5) == 1.0  # before the curve: its oldest point
+    assert fitness_at(member(1, None, step=20, curve=()), 20, 5) is None
+    # An overwritten member's curve starts late: the exact spacing comes from another worker.
+    late = member(1, None, step=20, curve=(7.0, 8.0))
+    assert infer_eval_every(snapshot([late], [1])) == 10
+    assert infer_eval_every(snapshot([late, w], [1])) == 5
+
+
+def staggered() -> list[WorkerView]:
+    """Member 0 has just trained to step 20; members 1-3 are still at step 10.
+
+    At step 10 member 0 was the worst (0.0) and member 3 the best (3.0); member 0's newest
+    value (10.0) is above everyone's step-10 value.
+    """
+    return [
+        member(0, None, step=20, curve=(0.0, 0.0, 5.0, 10.0)),
+        member(1, None, step=10, curve=(1.0, 1.0)),
+        member(2, None, step=10, curve=(2.0, 2.0)),
+        member(3, None, step=10, curve=(3.0, 3.0)),
+    ]
+
+
+def test_equal_step_ranks_the_ready_member_at_its_lagging_peers_step() -> None:
+    snap = snapshot(staggered(), [0])
+    # Latest values: member 0 (10.0) looks best and never exploits.
+    assert isinstance(decide_one(PBT(population=4, rank_at="latest"), snap), Continue)
+    # At step 10 it is the worst of 4 (q = 0.25: bottom 1) and copies the best, member 3.
+    for s in range(10):
+        d = decide_one(PBT(population=4), snap, s)
+        assert isinstance(d, Exploit) and d.donor == 3
+
+
+def test_equal_step_reads_peers_ahead_at_the_ready_members_step() -> None:
+    # Member 1 is at step 10 (ready); member 0 is ahead at 20 with a high newest value but was
+    # the worst at step 10; members 2, 3 are at step 10.
+    workers = [
+        member(0, None, step=20, curve=(0.0, 0.5, 9.0, 9.0)),
+        member(1, None, step=10, curve=(1.0, 1.0)),
+        member(2, None, step=10, curve=(2.0, 2.0)),
+        member(3, None, step=10, curve=(3.0, 3.0)),
+    ]
+    # Latest: member 1 is the worst (0 has 9.0) and exploits; at step 10, member 0 (0.5) is
+    # the worst and member 1 is not in the bottom quarter.
+    assert isinstance(decide_one(PBT(population=4, rank_at="latest"),
+                                 snapshot(workers, [1])), Exploit)
+    assert isinstance(decide_one(PBT(population=4), snapshot(workers, [1])), Continue)
+
+
+def test_equal_step_leaves_out_members_without_a_point_since_their_overwrite() -> None:
+    workers = [member(i, float(i), step=10, curve=(float(i), float(i))) for i in range(7)]
+    workers += [member(7, None, step=10, curve=()), member(8, None, step=10, curve=())]
+    # Latest: the two pointless members 7 and 8 rank last and fill both bottom places (n = 9,
+    # n_q = 2), so member 0 never exploits. equal_step ranks the 7 others: member 0 is the
+    # worst (position 6 of 7, 6/7 >= the whole population's cut 7/9) and copies one of the
+    # top 1 of 7 (member 6); member 1 (5/7 < 7/9) does not exploit.
+    assert isinstance(decide_one(PBT(population=9, rank_at="latest"),
+                                 snapshot(workers, [0])), Continue)
+    d = decide_one(PBT(population=9), snapshot(workers, [0]))
+    assert isinstance(d, Exploit) and d.donor == 6
+    assert isinstance(decide_one(PBT(population=9), snapshot(workers, [1])), Continue)
+
+
+def test_equal_step_does_not_exploit_among_the_first_few_to_report() -> None:
+    # Asynchronous start: members 0 and 1 have trained to step 10, members 2-7 not yet.
+    workers = [member(0, None, step=10, curve=(0.0, 0.0)), member(1, None, step=10,
+                                                                   curve=(1.0, 1.0))]
+    workers += [member(i, None, step=0, curve=()) for i in range(2, 8)]
+    # Among the 2 that reported, member 0 is the worse, but 1/2 is not in the bottom
+    # quarter of 8: no exploit (a synchronous round would exploit 2 of 8, not 1 of 2).
+    for s in range(10):
+        assert isinstance(decide_one(PBT(population=8), snapshot(workers, [0]), s), Continue)
+
+
+def test_equal_step_keeps_latest_values_of_peers_more_than_an_interval_behind() -> None:
+    # Member 0 at step 30, members 1 and 2 at step 20, member 3 two intervals behind at 10.
+    workers = [
+        member(0, None, step=30, curve=(0.0, 0.0, 0.0, 0.0, 5.0, 10.0)),
+        member(1, None, step=20, curve=(1.0, 1.0, 1.0, 1.0)),
+        member(2, None, step=20, curve=(2.0, 2.0, 2.0, 2.0)),
+        member(3, None, step=10, curve=(3.0, 3.0)),
+    ]
+    # Common step 20 (member 3 is too far behind to lower it); member 0 (0.0 at step 20) is
+    # the worst and copies member 3, the best on its latest value 3.0.
+    d = decide_one(PBT(population=4), snapshot(workers, [0]))
+    assert isinstance(d, Exploit) and d.donor == 3
+    table = equal_step_table(snapshot(workers, [0]), snapshot(workers, [0]).table(1),
+                             workers[0])
+    assert table.values.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-5, 5), min_size=2, max_size=9), st.integers(0, 8),
+       st.sampled_from(["truncation", "tournament"]), st.integers(0, 2**31))
+def test_equal_step_is_latest_when_every_member_is_at_the_same_step(
+    values: list, ready: int, rule: str, seed: int
+) -> None:
+    workers = [member(i, v, step=20, curve=(0.0, 1.0, -1.0, v)) for i, v in enumerate(values)]
+    snap = snapshot(workers, [ready % len(values)])
+    a = decide_one(PBT(population=len(values), exploit=rule), snap, seed)
+    b = decide_one(PBT(population=len(values), exploit=rule, rank_at="latest"), snap, seed)
+    assert a == b
+
+
+def test_rank_at_is_validated_and_round_trips() -> None:
+    with pytest.raises(ConfigError, match="rank_at='soon'"):
+        PBT(rank_at="soon")
+    from firepbt.algorithms import algorithm_from_config
+
+    assert algorithm_from_config(PBT(rank_at="latest").to_config()) == PBT(rank_at="latest")

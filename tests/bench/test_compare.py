@@ -48,11 +48,11 @@ def test_toys_report_every_method_for_both_toys(toys: dict) -> None:
     for table in toys["tasks"].values():
         assert table["seeds"] == [0, 1] and table["metric"] == "objective"
         assert table["worker_steps_per_run"] == 8 * 60
-        assert set(table["methods"]) == {"fire", "pbt", "random"}
+        assert set(table["methods"]) == {"fire", "pbt", "pb2", "random"}
         for d in table["methods"].values():
             assert set(d) == STATS and d["n"] == 2
             assert all(math.isfinite(v) and v <= 1.2 for v in d["values"])  # Q <= 1.2
-        assert set(table["p_fire_better"]) == {"pbt", "random"}
+        assert set(table["p_fire_better"]) == {"pbt", "pb2", "random"}
         assert all(0.0 < p <= 1.0 for p in table["p_fire_better"].values())
         fire = table["fire"]
         assert len(fire["transfers"]) == len(fire["lineage_transfers"]) == 2
@@ -62,7 +62,7 @@ def test_toys_report_every_method_for_both_toys(toys: dict) -> None:
 def test_nqm_adds_tuned_hand_schedules_and_reports_a_loss(nqm: dict) -> None:
     table = nqm["tasks"]["nqm"]
     assert table["metric"] == "loss" and not table["higher_is_better"]
-    assert set(table["methods"]) == {"fire", "pbt", "random", "step", "cosine"}
+    assert set(table["methods"]) == {"fire", "pbt", "pb2", "random", "step", "cosine"}
     for name in ("step", "cosine"):
         hand = table["methods"][name]
         assert hand["peak"] in compare.PEAK_GRID
@@ -133,3 +133,19 @@ def test_plot_is_written(tmp_path: Path) -> None:
 def test_bad_arguments_name_the_value(kwargs: dict, word: str) -> None:
     with pytest.raises(ConfigError, match=word):
         compare.main(**{"name": "toys", **kwargs})
+
+
+def test_variant_table_compares_rows_with_the_reference() -> None:
+    variants = {
+        "sync-inprocess": compare.Variant("sync-inprocess"),
+        "async-inprocess": compare.Variant(
+            "async-inprocess", mode="async", workers=2, algorithm=FirePBT(population=8)),
+    }
+    table = compare.compare_variants(TINY["nqm"], variants, [0, 1], processes=1)
+    assert set(table["rows"]) == set(variants) and table["reference"] == "sync-inprocess"
+    for row in table["rows"].values():
+        assert row["n"] == 2 and len(row["exploits"]) == len(row["transfers"]) == 2
+    p = table["p_reference_better"]["async-inprocess"]
+    q = table["p_better_than_reference"]["async-inprocess"]
+    assert 0.0 < p <= 1.0 and 0.0 < q <= 1.0
+    assert "async-inprocess" in compare.format_variants(table)

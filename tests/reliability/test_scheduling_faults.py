@@ -137,7 +137,9 @@ def test_donor_checkpoint_gone_during_exploit_skips_and_logs(
     with caplog.at_level(logging.WARNING, logger="firepbt"):
         res = quick(store=str(tmp_path / "s.db"), algorithm=DonorVanishes(population=4))
     skipped = res.events("exploit_skipped")
-    assert len(skipped) == 1 and skipped[0].donor_checkpoint == _deleted[0]
+    # Every member that chose the vanished checkpoint skips it (with equal-step ranking more
+    # than one ready member may pick that donor before it writes a new checkpoint).
+    assert skipped and all(e.donor_checkpoint == _deleted[0] for e in skipped)
     assert any("skipped" in m for m in caplog.messages)
     # The member kept its own weights: its next segment starts from its own checkpoint.
     member = skipped[0].worker
