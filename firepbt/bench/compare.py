@@ -527,12 +527,8 @@ def compare_variants(
     one-sided Mann-Whitney p-value of "the reference is better than this variant" (small: the
     variant loses)."""
     jobs = [(setup, s, v) for v in variants.values() for s in seeds]
-    if processes <= 1:
-        outs = [_variant_job(j) for j in jobs]
-    else:
-        method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(processes, mp_context=get_context(method)) as pool:
-            outs = list(pool.map(_variant_job, jobs))
+    # The pool that SIGTERM and Ctrl-C tear down (defect 8g).
+    outs = pool_map(_variant_job, jobs, processes)
     rows: dict[str, Any] = {}
     for key, v in variants.items():
         rs = [o for o in outs if o["method"] == v.label]
