@@ -16,7 +16,7 @@ from typing import Any
 
 from firepbt.errors import FirePBTError, RunFailed
 
-ALGORITHMS = ("pbt", "fire", "random")
+ALGORITHMS = ("pbt", "fire", "pb2", "random")
 EXPLOIT_RULES = ("truncation", "tournament", "ttest")
 SMOOTHERS = ("gp", "ema")
 
@@ -29,6 +29,10 @@ def _algorithm(args: argparse.Namespace) -> Any:
         return PBT(population=args.population, **pbt_kw)
     if args.algorithm == "random":
         return RandomSearch(population=args.population)
+    if args.algorithm == "pb2":
+        from firepbt.algorithms.pb2 import PB2
+
+        return PB2(population=args.population, **pbt_kw)
     from firepbt.algorithms.fire import FirePBT
 
     return FirePBT(population=args.population, pbt=PBT(population=2, **pbt_kw),
@@ -462,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("task", help="file.py:Name, module:Name or a built-in task: "
                    f"{_builtin_tasks()}")
     r.add_argument("--algorithm", choices=ALGORITHMS, default="pbt",
-                   help="pbt (greedy PBT), fire (FIRE PBT) or random (random search)")
+                   help="pbt (greedy PBT), fire (FIRE PBT), pb2 (PBT with a GP bandit "
+                   "explore) or random (random search)")
     r.add_argument("--population", type=int, default=8,
                    help="workers in the population (FIRE: members + evaluators)")
     r.add_argument("--workers", type=int, default=2, help="parallel worker processes")
@@ -549,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     c.add_argument("task", help="file.py:Name, module:Name or a built-in task")
     c.add_argument("--methods", default="fire,pbt,random",
-                   help="comma-separated, among fire, pbt, random")
+                   help="comma-separated, among fire, pbt, pb2, random")
     c.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 of every method")
     c.add_argument("--workers", type=int, default=22,
                    help="each method's worker budget (FIRE: members + evaluators)")

@@ -44,9 +44,16 @@ from firepbt.trainable import Metric, as_metric, make_trainable_class, pick_metr
 METHODS: dict[str, Callable[[int], Algorithm]] = {
     "fire": lambda w: _fire(w),
     "pbt": lambda w: PBT(population=w),
+    "pb2": lambda w: _pb2(w),
     "random": lambda w: RandomSearch(population=w),
 }
-LABELS = {"fire": "FIRE PBT", "pbt": "PBT", "random": "random search"}
+LABELS = {"fire": "FIRE PBT", "pbt": "PBT", "pb2": "PB2", "random": "random search"}
+
+
+def _pb2(workers: int) -> Algorithm:
+    from firepbt.algorithms.pb2 import PB2
+
+    return PB2(population=workers)
 
 
 def _fire(workers: int) -> Algorithm:
@@ -77,7 +84,7 @@ def compare(
 
     Args:
         task: ``file.py:Name``, ``module:Name`` or a built-in task name.
-        methods: among ``fire``, ``pbt``, ``random``.
+        methods: among ``fire``, ``pbt``, ``pb2``, ``random``.
         seeds: seeds 0..seeds-1 for every method and baseline.
         workers: each method's worker budget (FIRE: members + evaluators).
         baselines: fixed schedules, e.g. ``"lr=cosine(0.1)"`` (see ``firepbt.schedules``).

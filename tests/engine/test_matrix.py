@@ -23,6 +23,7 @@ import pytest
 
 from firepbt import PBT, FirePBT, RandomSearch, run
 from firepbt.algorithms import Algorithm
+from firepbt.algorithms.pb2 import PB2
 from firepbt.executors.base import Executor
 from firepbt.executors.batched import BatchedExecutor, BatchedTrainable
 from firepbt.executors.inprocess import InProcessExecutor
@@ -39,6 +40,7 @@ ALGORITHMS: dict[str, Callable[[], Algorithm]] = {
     "pbt-ttest": lambda: PBT(population=6, exploit="ttest", fitness_window=4),
     "fire-n2": lambda: FirePBT(population=8, subpop_sizes=(3, 3), smoother="ema"),
     "fire-n3": lambda: FirePBT(population=9, subpop_sizes=(2, 2, 3), smoother="ema"),
+    "pb2": lambda: PB2(population=6, quantile=0.34),
     "random": lambda: RandomSearch(population=6),
 }
 
