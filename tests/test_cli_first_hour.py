@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -166,20 +167,25 @@ def test_every_option_has_help_and_there_is_a_version() -> None:
     assert "acrobot" in run.stdout and "lunarlander" in run.stdout and "(default: 8)" in run.stdout
 
 
-def test_ctrl_c_stops_with_one_line_and_no_worker_tracebacks(tmp_path: Path) -> None:
-    import signal
-
-    # Its own process group, like a shell job: Ctrl-C reaches the workers too.
-    proc = subprocess.Popen([*FIREPBT, "run", "sleep", "--population", "4", "--store", "s.db"],
+def signal_once_training(tmp_path: Path, store: str, sig: int) -> tuple[int, str]:
+    """Run the sleep task as a shell job (its own process group, so a signal reaches the
+    workers too, as Ctrl-C in a terminal does), send ``sig`` to the group once training has
+    started; returns the exit status and what it printed after that."""
+    proc = subprocess.Popen([*FIREPBT, "run", "sleep", "--population", "4", "--store", store],
                             cwd=tmp_path, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
     assert proc.stderr is not None
     for line in proc.stderr:  # bounded: the run ends by itself
-        if "member-steps" in line:  # training has started
-            os.killpg(proc.pid, signal.SIGINT)
+        if "member-steps" in line:
+            os.killpg(proc.pid, sig)
             break
     rest = proc.stderr.read()
-    assert proc.wait(timeout=60) == 130
+    return proc.wait(timeout=60), rest
+
+
+def test_ctrl_c_stops_with_one_line_and_no_worker_tracebacks(tmp_path: Path) -> None:
+    code, rest = signal_once_training(tmp_path, "s.db", signal.SIGINT)
+    assert code == 130
     assert "resumable: firepbt resume s.db" in rest
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
     resumed = firepbt("resume", "s.db", "-q", cwd=tmp_path, check=True)
@@ -187,17 +193,7 @@ def test_ctrl_c_stops_with_one_line_and_no_worker_tracebacks(tmp_path: Path) -> 
 
 
 def test_status_after_a_kill_says_no_controller_runs_it(tmp_path: Path) -> None:
-    import signal
-
-    proc = subprocess.Popen([*FIREPBT, "run", "sleep", "--population", "2", "--store", "k.db"],
-                            cwd=tmp_path, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:  # bounded: the run ends by itself
-        if "member-steps" in line:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
+    signal_once_training(tmp_path, "k.db", signal.SIGKILL)
     out = firepbt("status", "k.db", cwd=tmp_path, check=True).stdout
     assert "status: running" in out
     assert "no controller is running it any more" in out and "firepbt resume k.db" in out
