@@ -25,6 +25,17 @@ def _fresh(path: Path) -> str:
     return str(path)
 
 
+def _clear_comparison(folder: Path) -> None:
+    """Remove what an earlier demo's compare() left in ``folder`` (stores, results, plan)."""
+    for path in folder.glob("*-s[0-9]*"):  # fire-s0.db(-wal, .ckpt), baseline-0-s0.json, ...
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    for name in ("plan.json", "compare.json", "compare.html"):
+        (folder / name).unlink(missing_ok=True)
+
+
 def demo(out: Path, quick: bool = False, workers: int = 2) -> dict[str, Path]:
     """Run the demo into folder ``out``; returns the report paths."""
     out.mkdir(parents=True, exist_ok=True)
@@ -32,21 +43,21 @@ def demo(out: Path, quick: bool = False, workers: int = 2) -> dict[str, Path]:
     nqm_steps = 600 if quick else 2000
     print(f"1/2 noisy quadratic model, lr schedule, {budget} workers per method "
           "(equal budget), process workers in async mode as 'firepbt run' uses them", flush=True)
-    folder = out / "nqm-compare"
-    if folder.exists():  # a fresh comparison each time (compare() would resume the old one)
-        shutil.rmtree(folder)
+    # The comparison's runs sit beside the Fashion-MNIST one, so that
+    # `firepbt dashboard runs/demo/*.db` shows every run of the demo.
+    _clear_comparison(out)  # a fresh comparison each time (compare() would resume it)
     summary = compare("nqm", methods=("fire", "pbt", "random"), seeds=1, workers=budget,
                       steps=nqm_steps, baselines=("lr=step(1.0, 0.1, 0.5, 0.75)",),
-                      out=folder, processes=workers,
+                      out=out, processes=workers,
                       log=lambda line: print(f"  {line}", flush=True))
     for m in summary["methods"].values():
         loss = -m["mean"] if m["mean"] is not None else float("nan")
         print(f"  {m['label']:>34}: final loss {loss:.4f}", flush=True)
-    stores = {summary["methods"][m]["label"]: str(folder / f"{m}-s0.db")
+    stores = {summary["methods"][m]["label"]: str(out / f"{m}-s0.db")
               for m in ("fire", "pbt", "random")}
     nqm_report = write_comparison(stores, out / "nqm-comparison.html",
                                   title="FIRE PBT vs PBT vs random search: NQM learning rate")
-    print(f"  reports: {nqm_report} and {folder / 'compare.html'}")
+    print(f"  reports: {nqm_report} and {out / 'compare.html'}")
 
     print("2/2 Fashion-MNIST MLP (real data), PBT over lr, momentum, weight decay", flush=True)
     t0 = time.perf_counter()
