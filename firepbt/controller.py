@@ -501,13 +501,16 @@ class Controller:
     def _schedule(self, wid: int) -> None:
         """Create the next segment of ``wid`` (pending until dispatched)."""
         w = self.workers[wid]
-        if w.role == MEMBER and w.step >= self.config.steps:
-            self.workers[wid] = replace(w, status=DONE)
-            self._touch(wid)
+        if w.step >= self.config.steps:
+            if w.role == MEMBER:
+                self.workers[wid] = replace(w, status=DONE)
+                self._touch(wid)
+            else:
+                # An evaluator trains in its parent's steps and never past the run's end: a
+                # transfer of its weights would give a member more steps than the budget.
+                self._apply(StopEvaluator(wid, "end"))
             return
-        end = w.step + self.config.interval
-        if w.role == MEMBER:
-            end = min(end, self.config.steps)
+        end = min(w.step + self.config.interval, self.config.steps)
         seg = SegmentRecord(
             id=self.store.next_id("segment"),
             worker=wid,

@@ -50,3 +50,18 @@ def test_a_full_fire_run_with_evaluators_on_the_simulated_executor(tmp_path: Pat
     assert all(w.status == "done" for w in store.workers() if w.role == "member")
     assert all(w.status == "idle" for w in store.workers() if w.role == "evaluator")
     ctl.close()
+
+
+def test_evaluators_never_train_past_the_runs_last_step(tmp_path: Path) -> None:
+    # An evaluator trains in its parent's steps; past the run's end a transfer of its weights
+    # would give a member more steps than the budget (seen on process workers as step 340 of
+    # 300). Before the cap, this run scheduled evaluator segments up to step 210 of 200.
+    ctl = controller(tmp_path, FirePBT(population=11, smoother="ema"), mode="async", steps=200)
+    ctl.start()
+    while ctl.step(timeout=0):
+        pass
+    store = ctl.store
+    assert max(s.end_step for s in store.segments()) == 200
+    assert max(c.step for c in store.checkpoints(include_deleted=True)) == 200
+    assert all(w.step == 200 for w in store.workers() if w.role == "member")
+    ctl.close()

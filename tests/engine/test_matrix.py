@@ -110,6 +110,8 @@ def test_every_algorithm_runs_to_the_end(
     store = result.store
     assert result.status() == "finished"
     assert check_store(store) == []
+    # Nothing trains past the budget, evaluators included (a transfer hands their weights on).
+    assert max(c.step for c in store.checkpoints(include_deleted=True)) <= STEPS
     members = [w for w in store.workers() if w.role == MEMBER]
     assert members and all(w.status == DONE and w.step == STEPS for w in members)
     for w in members:
