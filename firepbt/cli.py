@@ -42,12 +42,7 @@ def _algorithm(args: argparse.Namespace) -> Any:
 
 def _subpop_bests(ctl: Any) -> str:
     """'P1 0.91 | P2 0.88': the best latest metric of each sub-population (FIRE)."""
-    best: dict[int, float] = {}
-    for w in ctl.workers.values():
-        if w.role == "member":
-            f = ctl._views[w.id].last_metric()
-            if f is not None and (w.subpop not in best or f > best[w.subpop]):
-                best[w.subpop] = f
+    best = ctl.best_per_subpop()
     sign = ctl.metric.sign  # fitness back to the task's own values
     return " | ".join(f"P{k} {sign * v:.4g}" for k, v in sorted(best.items()))
 

@@ -472,6 +472,16 @@ class Controller:
         done = sum(min(w.step, self.config.steps) for w in members)
         return done, len(members) * self.config.steps
 
+    def best_per_subpop(self) -> dict[int, float]:
+        """The best latest fitness of each sub-population (for progress displays)."""
+        best: dict[int, float] = {}
+        for w in self.workers.values():
+            if w.role == MEMBER and w.status != FAILED:
+                f = self._views[w.id].last_metric()
+                if f is not None and (w.subpop not in best or f > best[w.subpop]):
+                    best[w.subpop] = f
+        return best
+
     def best(self) -> tuple[int, float] | None:
         """The P1 member with the best latest metric, and its fitness (the metric, negated
         when lower is better)."""
