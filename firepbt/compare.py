@@ -304,15 +304,23 @@ def _summarise(plan: dict[str, Any], runs: dict[str, list[dict[str, Any]]],
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
+def better_p(a: Sequence[float], b: Sequence[float], higher_is_better: bool) -> float:
+    """One-sided Mann-Whitney U p-value of "``a``'s values are better than ``b``'s".
+
+    Small when ``a``'s values tend to be larger (``higher_is_better``) or smaller (a loss).
+    """
+    alternative = "greater" if higher_is_better else "less"
+    return float(stats.mannwhitneyu(a, b, alternative=alternative).pvalue)
+
+
 def _p_better(a: Sequence[float | None], b: Sequence[float | None], spec: Metric
               ) -> float | None:
-    """One-sided Mann-Whitney p-value that ``a``'s values are better than ``b``'s."""
+    """:func:`better_p` over the runs that did not fail (None when either has under 2)."""
     x = [v for v in a if v is not None]
     y = [v for v in b if v is not None]
     if len(x) < 2 or len(y) < 2:
         return None
-    alternative = "greater" if spec.mode == "max" else "less"
-    return float(stats.mannwhitneyu(x, y, alternative=alternative).pvalue)
+    return better_p(x, y, spec.mode == "max")
 
 
 # -- page ------------------------------------------------------------------------------------

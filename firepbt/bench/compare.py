@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import stats
 
 from firepbt.algorithms import PBT, Algorithm, RandomSearch, algorithm_from_config
 from firepbt.algorithms.fire import FirePBT
@@ -58,6 +57,7 @@ from firepbt.algorithms.pb2 import PB2
 from firepbt.api import run
 from firepbt.bench._pool import pool_map
 from firepbt.bench.controller import measure as measure_controller
+from firepbt.compare import better_p
 from firepbt.errors import ConfigError
 from firepbt.result import Result
 from firepbt.space import Space
@@ -277,12 +277,8 @@ def describe(values: Sequence[float]) -> dict[str, Any]:
 
 
 def fire_better_p(fire: Sequence[float], other: Sequence[float], higher_is_better: bool) -> float:
-    """One-sided Mann-Whitney U p-value of "FIRE's values are better than ``other``'s".
-
-    Small when FIRE's values tend to be larger (``higher_is_better``) or smaller (a loss).
-    """
-    alternative = "greater" if higher_is_better else "less"
-    return float(stats.mannwhitneyu(fire, other, alternative=alternative).pvalue)
+    """One-sided Mann-Whitney U p-value of "FIRE's values are better than ``other``'s"."""
+    return better_p(fire, other, higher_is_better)
 
 
 # --------------------------------------------------------------------------------------------
