@@ -174,6 +174,9 @@ class Result:
         holding a valid fitness. The message shows the first full traceback from the task."""
         if self.status() != "failed":
             return None
+        stopped = self.store.get_state("error")
+        if stopped:  # the run stopped on an error of its own (the task cannot load)
+            return f"the run stopped: {str(stopped).strip().splitlines()[-1]}\n{stopped}"
         failures = self.failures()
         members = [w for w in self.store.workers() if w.role == MEMBER]
         if not failures:

@@ -200,3 +200,18 @@ def test_fire_runs_with_the_cli_defaults_and_its_report_shows_evaluators(tmp_pat
     assert "status: finished" in status and status.count("evaluator") >= 3
     report = store.with_suffix(".html").read_text()
     assert "Evaluator" in report or "evaluator" in report
+
+
+def test_status_of_a_run_whose_task_cannot_load_names_that_cause(tmp_path: Path) -> None:
+    # Loads in the controller, not in a worker (as with a dependency missing there).
+    (tmp_path / "broken_task.py").write_text(TASKS + textwrap.dedent('''
+        import os
+        if os.environ.get("FIREPBT_WORKER_PROCESS"):
+            raise ImportError("no such dependency")
+    '''))
+    proc = firepbt("run", "broken_task.py:Base", "--population", "2", "--steps", "20",
+                   "--interval", "10", "--store", "b.db", "-q", cwd=tmp_path)
+    assert proc.returncode != 0 and "no such dependency" in proc.stderr
+    status = firepbt("status", "b.db", cwd=tmp_path)
+    assert "run failed: the run stopped" in status.stdout
+    assert "no such dependency" in status.stdout and "NaN" not in status.stdout
