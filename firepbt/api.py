@@ -20,10 +20,10 @@ from firepbt.errors import ConfigError, RunFailed
 from firepbt.executors.base import Executor
 from firepbt.executors.inprocess import InProcessExecutor
 from firepbt.executors.local import MAIN_GUARD_HINT, WORKER_ENV, LocalExecutor
+from firepbt.importing import absolute_ref, source_file
 from firepbt.result import Result
 from firepbt.space import Space
 from firepbt.store import Store, open_store
-from firepbt.tasks.loader import absolute_ref, source_file
 from firepbt.trainable import Metric, make_trainable_class
 
 log = logging.getLogger("firepbt")
@@ -114,7 +114,7 @@ def _executor(kind: str | Executor, task: Any, ref: str | None, workers: int,
 
 def _resolve(task: Any) -> Any:
     if isinstance(task, str):
-        from firepbt.tasks.loader import load_object
+        from firepbt.importing import load_object
 
         return load_object(task)
     return task

@@ -159,7 +159,7 @@ def _report(result: Any, store: str) -> None:
 def cmd_resume(args: argparse.Namespace) -> int:
     from firepbt.api import resume
     from firepbt.store import open_store
-    from firepbt.tasks.loader import BUILTIN
+    from firepbt.tasks import BUILTIN
 
     # Resuming runs code the store names (unlike status, report, export and check): say which.
     with open_store(_existing(args.store), create=False) as st:
@@ -443,7 +443,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _builtin_tasks() -> str:
-    from firepbt.tasks.loader import BUILTIN
+    from firepbt.tasks import BUILTIN
 
     return ", ".join(BUILTIN)
 

@@ -33,12 +33,12 @@ from firepbt.algorithms import PBT, Algorithm, RandomSearch
 from firepbt.api import run, task_attribute, task_ref_of
 from firepbt.controller import differences
 from firepbt.errors import ConfigError, RunFailed
+from firepbt.importing import load_object
 from firepbt.result import Result
 from firepbt.schedules import Schedule, parse_schedule
 from firepbt.space import LogUniform, Space
 from firepbt.store import open_store
 from firepbt.store.base import COMPLETED
-from firepbt.tasks.loader import load_object
 from firepbt.trainable import Metric, as_metric, make_trainable_class, pick_metric
 
 METHODS: dict[str, Callable[[int], Algorithm]] = {

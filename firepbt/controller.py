@@ -21,7 +21,7 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -577,7 +577,6 @@ class Controller:
                 load_checksum=checksum,
                 save_checkpoint=seg.to_checkpoint,
                 checkpoint_root=str(self.ckpt.root),
-                timeout_s=self.config.segment_timeout_s,
                 metric=self.metric.name,
             )
             self.inflight.add(sid)
@@ -1030,9 +1029,3 @@ def _as_json(obj: Any) -> Any:
         return obj.to_config()
     return obj.to_json()
 
-
-def iter_lineage_events(store: Store, kinds: Iterable[str] = ("exploit", "transfer", "replace")
-                        ) -> list[EventRecord]:
-    """Lineage events (with donors) in order."""
-    wanted = set(kinds)
-    return [e for e in store.events() if e.kind in wanted]

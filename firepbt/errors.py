@@ -39,10 +39,6 @@ class CheckpointError(FirePBTError):
     """A checkpoint is missing, truncated or fails its checksum."""
 
 
-class StaleResult(FirePBTError):
-    """A result carries an old lease/epoch and is rejected."""
-
-
 class RunFailed(FirePBTError):
     """A run ended without any member holding a valid fitness, or its task cannot load in a
     worker; the message carries the first full traceback from the user's code."""

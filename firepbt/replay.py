@@ -69,7 +69,7 @@ class ReplayOutcome:
 
 def task_file(ref: str) -> str | None:
     """The file a task reference imports (``file.py:Name``, ``module:Name`` or a builtin)."""
-    from firepbt.tasks.loader import BUILTIN
+    from firepbt.tasks import BUILTIN
 
     ref = BUILTIN.get(ref, ref)
     where = ref.rsplit(":", 1)[0]
@@ -137,7 +137,7 @@ def replay(
     say = log or (lambda _line: None)
     file = task_file(ref)
     say(f"task {ref}: importing {file}")
-    from firepbt.tasks.loader import load_object
+    from firepbt.importing import load_object
 
     cls = make_trainable_class(load_object(ref))
     member = res.best if member is None else member

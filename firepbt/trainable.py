@@ -79,7 +79,6 @@ class SegmentSpec:
     load_checksum: str | None
     save_checkpoint: int  # id of the checkpoint to write at the end
     checkpoint_root: str
-    timeout_s: float | None = None
     metric: str | None = None  # the key of the fitness when evaluate() returns a dict
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ def algorithm_from_config(cfg: dict[str, Any]) -> Algorithm:
         ex = dict(cfg["explore"])
         ex["ray_factors"] = tuple(ex.get("ray_factors", (1.2, 0.8)))
         if isinstance(ex.get("custom"), str):
-            from firepbt.tasks.loader import load_object
+            from firepbt.importing import load_object
 
             ex["custom"] = load_object(ex["custom"])
         cfg["explore"] = ExploreConfig(**ex)

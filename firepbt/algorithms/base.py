@@ -279,15 +279,3 @@ def fitness_of(w: WorkerView, window: int = 1) -> float | None:
     if not vals:
         return None
     return float(np.mean(vals))
-
-
-def rank_order(ids: Sequence[int], fitness: Sequence[float | None]) -> list[int]:
-    """Ids from best to worst. None/NaN rank last; ties broken by id (deterministic)."""
-
-    def key(pair: tuple[int, float | None]) -> tuple[int, float, int]:
-        wid, f = pair
-        if f is None or math.isnan(f):
-            return (1, 0.0, wid)
-        return (0, -f, wid)
-
-    return [wid for wid, _ in sorted(zip(ids, fitness, strict=True), key=key)]

@@ -3,10 +3,11 @@
 A small network leaves a CPU core mostly idle on per-call overhead: one member's step is a few
 tiny matrix products. Stacking the weights of K members and multiplying them with one batched
 product (``torch.bmm``) does K members' work for little more than the cost of one. This module
-holds the two halves of that:
+holds the executor; the task protocol lives in :mod:`firepbt.batched_trainable`:
 
-* :class:`BatchedTrainable` - the task protocol: K *slots*, each one member with its own
-  weights, optimiser state, data stream and hyperparameters, trained in lockstep.
+* :class:`~firepbt.batched_trainable.BatchedTrainable` - the task protocol: K *slots*, each
+  one member with its own weights, optimiser state, data stream and hyperparameters, trained
+  in lockstep.
 * :class:`BatchedExecutor` - an :class:`~firepbt.executors.base.Executor` that collects the
   submitted segments and runs those with the same step pattern as one batch, restoring each
   member into a slot (from the slot itself when it already holds that checkpoint, else from
@@ -20,113 +21,21 @@ members shared its batch, up to float rounding.
 
 from __future__ import annotations
 
-import tempfile
 import time
 import traceback
-from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from firepbt.batched_trainable import BatchedTrainable
 from firepbt.checkpoints import CheckpointDir
 from firepbt.errors import ConfigError
 from firepbt.executors.base import Executor
 from firepbt.executors.worker import checkpoint_tags
 from firepbt.faults import crash_point
 from firepbt.trainable import SegmentResult, SegmentSpec, as_metric
-
-
-class BatchedTrainable(ABC):
-    """K members of one model, trained together; slot ``i`` is one member.
-
-    ``self.hparams[i]`` and ``self.seeds[i]`` are slot ``i``'s hyperparameters and seed. A slot
-    set up with ``(hparams, seed)`` must start exactly as the single-member task would with the
-    same arguments, and must train on its own data stream, so batched and one-by-one training
-    agree up to float rounding.
-    """
-
-    hparams: list[dict[str, Any]]
-    seeds: list[int]
-
-    def __init__(self) -> None:
-        self.hparams = []
-        self.seeds = []
-
-    @property
-    def size(self) -> int:
-        """The number of slots (members) in the batch."""
-        return len(self.hparams)
-
-    @abstractmethod
-    def setup(self, hparams_list: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> None:
-        """Build ``len(hparams_list)`` fresh members; slot ``i`` gets ``hparams_list[i]``."""
-
-    @abstractmethod
-    def train(self, steps: int) -> None:
-        """Train every slot ``steps`` steps, each with its own hyperparameters."""
-
-    @abstractmethod
-    def evaluate(self) -> np.ndarray:
-        """One fitness per slot (higher is better), shape ``(size,)``; NaN marks a failure."""
-
-    @abstractmethod
-    def save(self, i: int, path: Path) -> None:
-        """Write slot ``i``'s weights and optimiser state into the directory ``path``."""
-
-    @abstractmethod
-    def load(self, i: int, path: Path) -> None:
-        """Restore slot ``i`` from the directory ``path`` (its own hyperparameters win)."""
-
-    def set_hparams(self, i: int, hparams: Mapping[str, Any]) -> None:
-        """Apply new hyperparameters to slot ``i``; override when an optimiser must be told."""
-        self.hparams[i] = dict(hparams)
-
-    def reslot(
-        self,
-        hparams_list: Sequence[Mapping[str, Any]],
-        seeds: Sequence[int],
-        keep: Sequence[int | None],
-    ) -> None:
-        """Rearrange the batch into ``len(hparams_list)`` slots.
-
-        New slot ``j`` carries on old slot ``keep[j]`` (its state unchanged, hyperparameters set
-        to ``hparams_list[j]``), or is a fresh member as :meth:`setup` would build it when
-        ``keep[j]`` is None. Old slots nobody keeps are dropped.
-
-        This default round-trips the kept slots through :meth:`save`/:meth:`load`, which works
-        for any task; tasks override it with in-memory copies.
-        """
-        _check_reslot(self.size, hparams_list, seeds, keep)
-        with tempfile.TemporaryDirectory(prefix="firepbt-reslot-") as tmp:
-            saved = {}
-            for j, old in enumerate(keep):
-                if old is not None:
-                    saved[j] = Path(tmp) / str(j)
-                    self.save(old, saved[j])
-            self.setup(hparams_list, seeds)
-            for j, path in saved.items():
-                self.load(j, path)
-                self.set_hparams(j, hparams_list[j])
-
-
-def _check_reslot(
-    size: int,
-    hparams_list: Sequence[Mapping[str, Any]],
-    seeds: Sequence[int],
-    keep: Sequence[int | None],
-) -> None:
-    """Raise ConfigError unless the three lists match and ``keep`` names distinct old slots."""
-    if not len(hparams_list) == len(seeds) == len(keep):
-        raise ConfigError(
-            f"reslot: hparams_list ({len(hparams_list)}), seeds ({len(seeds)}) and keep "
-            f"({len(keep)}) must have the same length"
-        )
-    kept = [k for k in keep if k is not None]
-    if len(set(kept)) != len(kept) or any(not 0 <= k < size for k in kept):
-        raise ConfigError(f"reslot: keep={list(keep)!r} must name distinct slots in [0, {size})")
 
 
 @dataclass
@@ -173,7 +82,7 @@ class BatchedExecutor(Executor):
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ConfigError(f"capacity={capacity!r}: must be an int >= 1")
         if isinstance(task_cls, str):
-            from firepbt.tasks.loader import load_object
+            from firepbt.importing import load_object
 
             task_cls = load_object(task_cls)
         if not (isinstance(task_cls, type) and issubclass(task_cls, BatchedTrainable)):

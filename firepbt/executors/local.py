@@ -229,7 +229,7 @@ class LocalExecutor(Executor):
         preload = ["firepbt.executors.worker"]
         module = self.task_ref.rsplit(":", 1)[0]
         if not module.endswith(".py"):
-            from firepbt.tasks.loader import BUILTIN
+            from firepbt.tasks import BUILTIN
 
             module = BUILTIN.get(self.task_ref, self.task_ref).rsplit(":", 1)[0]
             preload.append(module)
@@ -246,9 +246,6 @@ class LocalExecutor(Executor):
                     os.environ.pop(var, None)
                 else:
                     os.environ[var] = value
-
-    def pids(self) -> list[int]:
-        return [s.process.pid for s in self._slots]
 
     def submit(self, spec: SegmentSpec) -> None:
         self.start()

@@ -107,7 +107,7 @@ def checkpoint_tags(spec: SegmentSpec) -> dict[str, Any]:
 
 def resolve_task(task: Any) -> type[Trainable]:
     """A Trainable class from a class, a function or a ``file.py:Name`` reference."""
-    from firepbt.tasks.loader import load_object
+    from firepbt.importing import load_object
     from firepbt.trainable import make_trainable_class
 
     if isinstance(task, str):

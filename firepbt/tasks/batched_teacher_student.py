@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from firepbt.batched_trainable import BatchedTrainable, check_reslot
 from firepbt.errors import ConfigError
-from firepbt.executors.batched import BatchedTrainable, _check_reslot
 from firepbt.integrations.torch import load_state, save_state, single_thread
 from firepbt.space import Space
 from firepbt.tasks.teacher_student import (
@@ -102,7 +102,7 @@ class BatchedTeacherStudent(BatchedTrainable):
         keep: Sequence[int | None],
     ) -> None:
         """Rearrange slots in memory; fresh slots are built as :meth:`setup` would."""
-        _check_reslot(self.size, hparams_list, seeds, keep)
+        check_reslot(self.size, hparams_list, seeds, keep)
         if len(hparams_list) < 1:
             raise ConfigError("hparams_list=[]: a batch needs at least one member")
         lrs = [_lr(hp) for hp in hparams_list]

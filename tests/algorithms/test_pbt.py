@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -15,7 +16,6 @@ from firepbt.algorithms.base import (
     FitnessTable,
     Snapshot,
     WorkerView,
-    rank_order,
 )
 from firepbt.algorithms.pbt import PBT, equal_step_table, fitness_at, infer_eval_every
 from firepbt.algorithms.random_search import RandomSearch
@@ -92,6 +92,21 @@ def test_invalid_fitness_ranks_last_and_is_never_a_donor(bad: float | None) -> N
         for wid in (1, 2, 3):
             dd = decide_one(PBT(population=4, exploit="tournament"), snapshot(workers, [wid]), s)
             assert not isinstance(dd, Exploit) or dd.donor != 0
+
+
+def rank_order(ids: Sequence[int], fitness: Sequence[float | None]) -> list[int]:
+    """The reference order the fitness table must agree with: ids from best to worst.
+
+    None/NaN rank last; ties broken by id (deterministic).
+    """
+
+    def key(pair: tuple[int, float | None]) -> tuple[int, float, int]:
+        wid, f = pair
+        if f is None or math.isnan(f):
+            return (1, 0.0, wid)
+        return (0, -f, wid)
+
+    return [wid for wid, _ in sorted(zip(ids, fitness, strict=True), key=key)]
 
 
 def test_all_invalid_means_no_exploit() -> None:

@@ -24,8 +24,9 @@ import pytest
 from firepbt import PBT, FirePBT, RandomSearch, run
 from firepbt.algorithms import Algorithm
 from firepbt.algorithms.pb2 import PB2
+from firepbt.batched_trainable import BatchedTrainable
 from firepbt.executors.base import Executor
-from firepbt.executors.batched import BatchedExecutor, BatchedTrainable
+from firepbt.executors.batched import BatchedExecutor
 from firepbt.executors.inprocess import InProcessExecutor
 from firepbt.invariants import check_store
 from firepbt.store.base import DONE, EVALUATOR, MEMBER

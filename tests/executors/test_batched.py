@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from firepbt.batched_trainable import BatchedTrainable
 from firepbt.checkpoints import CheckpointDir
 from firepbt.errors import ConfigError
-from firepbt.executors.batched import BatchedExecutor, BatchedTrainable, _chunks
+from firepbt.executors.batched import BatchedExecutor, _chunks
 from firepbt.executors.inprocess import InProcessExecutor
 from firepbt.trainable import SegmentResult, SegmentSpec, Trainable
 

@@ -1,4 +1,8 @@
-"""Resolve a task given as ``file.py:Name`` or ``module:Name``."""
+"""Import what a user names: ``file.py:Name``, ``module:Name`` or a built-in task's short name.
+
+Used by the API, the executors and the algorithms (a custom explore), so it lives outside the
+examples package (``firepbt.tasks``), which only lends it the short names.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from firepbt.errors import ConfigError
-
-# Short names for the shipped example tasks, so `firepbt run quadratic` works.
-BUILTIN = {
-    "quadratic": "firepbt.tasks.toys:QuadraticToy",
-    "moving": "firepbt.tasks.toys:MovingOptimumToy",
-    "plain": "firepbt.tasks.toys:PlainToy",
-    "deceptive": "firepbt.tasks.toys:DeceptiveToy",
-    "nqm": "firepbt.tasks.nqm:NQM",
-    "fmnist": "firepbt.tasks.fmnist:FashionMNISTMLP",
-    "fmnist-cnn": "firepbt.tasks.fmnist:FashionMNISTCNN",
-    "teacher-student": "firepbt.tasks.teacher_student:TeacherStudent",
-    "sleep": "firepbt.tasks.sleep:SleepTask",
-    "acrobot": "firepbt.tasks.rl:AcrobotA2C",
-    "lunarlander": "firepbt.tasks.rl:LunarLanderA2C",
-}
+from firepbt.tasks import BUILTIN
 
 
 def load_object(ref: str) -> Any:
