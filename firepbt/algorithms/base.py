@@ -17,9 +17,7 @@ import numpy as np
 
 from firepbt.errors import ConfigError
 from firepbt.space import ExploreConfig, Space
-
-MEMBER = "member"
-EVALUATOR = "evaluator"
+from firepbt.states import EVALUATOR, MEMBER  # noqa: F401 - re-exported for algorithms
 
 
 @dataclass(frozen=True)

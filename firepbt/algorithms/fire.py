@@ -40,14 +40,13 @@ from firepbt.algorithms.base import (
 )
 from firepbt.algorithms.pbt import PBT
 from firepbt.space import ExploreConfig
+from firepbt.states import ACTIVE, IDLE
 
 SMOOTHERS = ("gp", "ema")
 FITNESS_SCORES = ("improvement", "time_to_climb")
 # Default split of the worker budget (spec section 3): evaluators take ~28 %, the members
 # share the rest evenly (8 + 8 + 6 for 22 workers).
 EVALUATOR_SHARE = 0.28
-ACTIVE = "active"
-IDLE = "idle"
 # Evaluator info key: its child was drawn at random because P(k-1) had no fitness yet.
 RANDOM_CHILD = "random_child"
 

@@ -228,7 +228,7 @@ def infer_eval_every(snapshot: Snapshot, hint: WorkerView | None = None) -> int 
         n = len(w.curve)
         if n == 0 or w.step <= 0:
             continue
-        base = int(w.info.get("start_step", 0)) if w.role != "member" else 0
+        base = int(w.info.get("start_step", 0)) if w.role != MEMBER else 0
         if w.step - base <= 0:
             continue
         spacing = (w.step - base) / n

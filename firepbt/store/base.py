@@ -33,23 +33,22 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from firepbt.states import (  # noqa: F401 - re-exported: the store's vocabulary
+    ACTIVE,
+    CANCELLED,
+    COMPLETED,
+    DONE,
+    EVALUATOR,
+    FAILED,
+    IDLE,
+    MEMBER,
+    PENDING,
+    SEG_FAILED,
+)
+
 FORMAT_VERSION = 1
 
-# Worker roles and statuses.
-MEMBER = "member"
-EVALUATOR = "evaluator"
-
-ACTIVE = "active"  # training
-IDLE = "idle"  # an evaluator without an assignment
-FAILED = "failed"  # exceeded max_failures; replaced from a donor
-DONE = "done"  # reached the step budget
-
-# Segment statuses.
-PENDING = "pending"
-RUNNING = "running"
-COMPLETED = "completed"
-SEG_FAILED = "failed"
-CANCELLED = "cancelled"
+RUNNING = "running"  # a claimed segment (claim_segment)
 
 
 @dataclass(frozen=True)
