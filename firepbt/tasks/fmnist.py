@@ -17,10 +17,11 @@ on 2 processes is therefore about 1.5 minutes.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -150,6 +151,54 @@ def _derived_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream]).generate_state(2, np.uint64)[0] >> 1)
 
 
+OPTIMIZERS = ("sgd", "schedulefree")
+
+
+def make_optimizer(model: nn.Module, hparams: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """SGD with momentum, or Schedule-Free SGD (Defazio et al. 2024) when the space's constant
+    ``optimizer`` is ``"schedulefree"``: the baseline that removes the schedule PBT tunes.
+
+    Schedule-Free needs no decay; its ``lr`` is a constant peak and ``warmup_steps`` (a
+    constant, default 0) ramps it up. It evaluates at averaged weights: see
+    :func:`evaluation_weights`.
+    """
+    name = str(hparams.get("optimizer", "sgd"))
+    lr = float(hparams["lr"])
+    momentum = float(hparams.get("momentum", 0.9))
+    weight_decay = float(hparams.get("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                               weight_decay=weight_decay)
+    if name == "schedulefree":
+        try:
+            import schedulefree
+        except ImportError:
+            raise ConfigError("optimizer='schedulefree' needs the schedulefree package: "
+                              "pip install 'firepbt[torch]'") from None
+        free: Any = schedulefree.SGDScheduleFree(
+            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+            warmup_steps=int(hparams.get("warmup_steps", 0)),
+        )
+        free.train()  # Schedule-Free optimisers track train/eval mode like a module
+        return free
+    raise ConfigError(f"optimizer={name!r}: must be one of {', '.join(OPTIMIZERS)}")
+
+
+@contextlib.contextmanager
+def evaluation_weights(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Evaluate a Schedule-Free member at its averaged weights (the optimiser's eval mode),
+    then switch back; a no-op for other optimisers."""
+    mode: Any = optimizer
+    if not hasattr(mode, "eval"):
+        yield
+        return
+    mode.eval()
+    try:
+        yield
+    finally:
+        mode.train()
+
+
 class FashionMNISTTask(TorchTrainable):
     """Shared Fashion-MNIST training loop; subclasses choose the network.
 
@@ -157,9 +206,11 @@ class FashionMNISTTask(TorchTrainable):
     first ``eval_size`` images of the fixed 5,000-image validation split. ``eval_size`` is read
     from the hyperparameters (a constant in ``SPACE``) and defaults to :attr:`EVAL_SIZE`.
 
-    One training step is one minibatch of 128 with SGD + momentum. The data order is a
-    per-epoch permutation drawn from a seeded ``torch.Generator``; the generator state and the
-    position in the epoch are checkpointed, so a restored member sees the same batches.
+    One training step is one minibatch of 128 with SGD + momentum, or Schedule-Free SGD when
+    the space's constant ``optimizer`` is ``"schedulefree"`` (:func:`make_optimizer`). The data
+    order is a per-epoch permutation drawn from a seeded ``torch.Generator``; the generator
+    state and the position in the epoch are checkpointed, so a restored member sees the same
+    batches.
     """
 
     BATCH_SIZE: ClassVar[int] = 128
@@ -194,13 +245,7 @@ class FashionMNISTTask(TorchTrainable):
         self.generator = torch.Generator().manual_seed(_derived_seed(seed, 1))
         self._order = torch.randperm(len(self._train_x), generator=self.generator)
         self._cursor = 0
-        optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=float(hparams["lr"]),
-            momentum=float(hparams.get("momentum", 0.9)),
-            weight_decay=float(hparams.get("weight_decay", 0.0)),
-        )
-        return model, optimizer
+        return model, make_optimizer(model, hparams)
 
     def train_step(self) -> None:
         if self._cursor + self.BATCH_SIZE > len(self._order):
@@ -219,7 +264,7 @@ class FashionMNISTTask(TorchTrainable):
     def _accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
         self.model.eval()
         correct = 0
-        with torch.no_grad():
+        with torch.no_grad(), evaluation_weights(self.optimizer):
             # Chunks keep peak memory small for the CNN's activations.
             for start in range(0, len(images), 1000):
                 logits = self.model(images[start : start + 1000])

@@ -19,6 +19,7 @@ from firepbt.tasks.fmnist import (  # noqa: E402
     FashionMNISTCNN,
     FashionMNISTMLP,
     load_fashion_mnist,
+    make_optimizer,
     read_idx,
 )
 
@@ -183,3 +184,32 @@ def test_space_and_defaults() -> None:
         assert 1e-6 <= sample["weight_decay"] <= 1e-3
         assert sample["eval_size"] == 1000
     assert fmnist.VALIDATION_SIZE == 5_000
+
+
+@needs_data
+def test_schedule_free_trains_evaluates_at_averaged_weights_and_round_trips(
+        tmp_path: Path) -> None:
+    pytest.importorskip("schedulefree")
+    hp = {**HP, "optimizer": "schedulefree", "lr": 1.0, "warmup_steps": 20}
+    m = FashionMNISTMLP()
+    m.setup(hp, seed=0)
+    m.train(150)
+    y = [p.detach().clone() for p in m.model.parameters()]
+    assert 0.65 < m.evaluate() <= 1.0
+    # Evaluation swaps the averaged weights in and back out (up to float rounding).
+    after = list(m.model.parameters())
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(y, after, strict=True))
+    m.save(tmp_path)
+    resumed = FashionMNISTMLP()
+    resumed.setup(hp, seed=9)
+    resumed.load(tmp_path)
+    m.train(5)
+    resumed.train(5)
+    for a, b in zip(resumed.model.parameters(), m.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed.evaluate() == m.evaluate()
+
+
+def test_an_unknown_optimizer_is_named() -> None:
+    with pytest.raises(ConfigError, match="optimizer='adam': must be one of sgd, schedulefree"):
+        make_optimizer(torch.nn.Linear(2, 2), {"lr": 0.1, "optimizer": "adam"})
