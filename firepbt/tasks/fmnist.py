@@ -17,11 +17,10 @@ on 2 processes is therefore about 1.5 minutes.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import nn
 from firepbt.errors import ConfigError
 from firepbt.integrations.torch import TorchTrainable, single_thread
 from firepbt.space import LogUniform, Space, Uniform
+from firepbt.tasks.optimizers import evaluation_weights, make_optimizer
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "FIREPBT_FMNIST_DIR"
@@ -149,54 +149,6 @@ def _load_cached(folder: str) -> FashionMNIST:
 def _derived_seed(seed: int, stream: int) -> int:
     """An independent 63-bit seed per (member seed, purpose), so init and data order differ."""
     return int(np.random.SeedSequence([seed, stream]).generate_state(2, np.uint64)[0] >> 1)
-
-
-OPTIMIZERS = ("sgd", "schedulefree")
-
-
-def make_optimizer(model: nn.Module, hparams: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """SGD with momentum, or Schedule-Free SGD (Defazio et al. 2024) when the space's constant
-    ``optimizer`` is ``"schedulefree"``: the baseline that removes the schedule PBT tunes.
-
-    Schedule-Free needs no decay; its ``lr`` is a constant peak and ``warmup_steps`` (a
-    constant, default 0) ramps it up. It evaluates at averaged weights: see
-    :func:`evaluation_weights`.
-    """
-    name = str(hparams.get("optimizer", "sgd"))
-    lr = float(hparams["lr"])
-    momentum = float(hparams.get("momentum", 0.9))
-    weight_decay = float(hparams.get("weight_decay", 0.0))
-    if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
-                               weight_decay=weight_decay)
-    if name == "schedulefree":
-        try:
-            import schedulefree
-        except ImportError:
-            raise ConfigError("optimizer='schedulefree' needs the schedulefree package: "
-                              "pip install 'firepbt[torch]'") from None
-        free: Any = schedulefree.SGDScheduleFree(
-            model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
-            warmup_steps=int(hparams.get("warmup_steps", 0)),
-        )
-        free.train()  # Schedule-Free optimisers track train/eval mode like a module
-        return free
-    raise ConfigError(f"optimizer={name!r}: must be one of {', '.join(OPTIMIZERS)}")
-
-
-@contextlib.contextmanager
-def evaluation_weights(optimizer: torch.optim.Optimizer) -> Iterator[None]:
-    """Evaluate a Schedule-Free member at its averaged weights (the optimiser's eval mode),
-    then switch back; a no-op for other optimisers."""
-    mode: Any = optimizer
-    if not hasattr(mode, "eval"):
-        yield
-        return
-    mode.eval()
-    try:
-        yield
-    finally:
-        mode.train()
 
 
 class FashionMNISTTask(TorchTrainable):

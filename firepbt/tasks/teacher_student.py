@@ -27,6 +27,7 @@ from torch import nn
 
 from firepbt.integrations.torch import TorchTrainable, single_thread
 from firepbt.space import LogUniform, Space
+from firepbt.tasks.optimizers import evaluation_weights, make_optimizer
 
 DIM = 50
 HIDDEN = 128
@@ -106,7 +107,8 @@ class TeacherStudent(TorchTrainable):
     perfect (a zero predictor scores -1). A diverged student gives NaN or -inf, which the
     library treats as an invalid / worst score. Use :meth:`fvu` for the positive number.
 
-    One step is one SGD (momentum 0.9) update on a fresh batch of 32 noisy samples (MSE loss).
+    One step is one SGD (momentum 0.9; or Schedule-Free SGD, see
+    :mod:`firepbt.tasks.optimizers`) update on a fresh batch of 32 noisy samples (MSE loss).
     The only hyperparameter is ``lr``, LogUniform(1e-4, 0.1). A run is 4,000 steps and
     members are ready every 200 steps. Spec measurement: cosine decay from lr 0.03 reaches
     FVU 0.0111 +- 0.0003; greedy PBT 0.021-0.023.
@@ -126,8 +128,7 @@ class TeacherStudent(TorchTrainable):
             torch.manual_seed(_derived_seed(seed, 0))
             model = make_student()
         self.generator = torch.Generator().manual_seed(_derived_seed(seed, 1))
-        optimizer = torch.optim.SGD(model.parameters(), lr=float(hparams["lr"]), momentum=MOMENTUM)
-        return model, optimizer
+        return model, make_optimizer(model, {"momentum": MOMENTUM, **hparams})
 
     def train_step(self) -> None:
         x = torch.randn(BATCH_SIZE, DIM, generator=self.generator) * self._std
@@ -140,7 +141,7 @@ class TeacherStudent(TorchTrainable):
 
     def fvu(self) -> float:
         """FVU of the student on the fixed evaluation inputs (lower is better)."""
-        with torch.no_grad():
+        with torch.no_grad(), evaluation_weights(self.optimizer):
             return fvu(self.model(self._eval_x), self._eval_y)
 
     def evaluate(self) -> float:

@@ -19,9 +19,9 @@ from firepbt.tasks.fmnist import (  # noqa: E402
     FashionMNISTCNN,
     FashionMNISTMLP,
     load_fashion_mnist,
-    make_optimizer,
     read_idx,
 )
+from firepbt.tasks.optimizers import make_optimizer  # noqa: E402
 
 torch.set_num_threads(1)
 

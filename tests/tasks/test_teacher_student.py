@@ -109,3 +109,11 @@ def test_cosine_from_003_learns_the_teacher() -> None:
         t.set_hparams({"lr": 0.03 * 0.5 * (1 + math.cos(math.pi * s / steps))})
         t.train(1)
     assert 0.015 < t.fvu() < 0.03
+
+
+def test_schedule_free_student_learns_at_a_constant_lr() -> None:
+    pytest.importorskip("schedulefree")
+    m = TeacherStudent()
+    m.setup({"lr": 0.3, "optimizer": "schedulefree", "warmup_steps": 50}, seed=0)
+    m.train(400)
+    assert 0.0 < m.fvu() < 0.5
