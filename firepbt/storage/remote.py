@@ -182,6 +182,8 @@ class FsspecCheckpointStorage(CheckpointStorage):
             return None
         if head == self._url:
             return cid
+        if "://" not in head:
+            return None  # a plain path is the local backend's location, never ours
         try:
             import fsspec.core
 
