@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import signal
 import subprocess
 import sys
@@ -173,6 +174,7 @@ class _FsspecAccess(RawAccess):
         return bytes(self.fs.cat_file(f"{self.path}/{key}"))
 
     def write(self, key: str, data: bytes) -> None:
+        self.fs.makedirs(posixpath.dirname(f"{self.path}/{key}"), exist_ok=True)
         self.fs.pipe_file(f"{self.path}/{key}", data)
 
     def remove(self, key: str) -> None:

@@ -13,10 +13,10 @@ mix their files. User code keeps saving into and loading from local directories:
 into a local temporary directory and uploads it; ``fetch`` downloads into a local cache
 directory, verifying every file's SHA-256 on the way, and hands back that directory.
 
-Deleting removes the manifest first (the checkpoint disappears at once), then the data; a kill in
-between leaves data no manifest names: an orphan. A data folder no manifest names is an orphan
-once its writer is gone: on this host, when its pid has exited; from another host, once it is
-older than ``orphan_after_s`` (its writer's liveness cannot be checked from here).
+Deleting puts a ``.deleted`` marker, removes the manifest (the checkpoint disappears at once),
+then the rest; a kill in between leaves marked data: an orphan. A data folder no manifest names
+is an orphan once its writer is gone: on this host, when its pid has exited; from another host,
+once it is older than ``orphan_after_s`` (its writer's liveness cannot be checked from here).
 
 Durability and atomicity are the underlying store's: an object PUT is atomic on object stores
 and in memory; on ``file://`` the manifest is committed by a hard link (atomic, and it fails if
@@ -68,6 +68,8 @@ from firepbt.storage.local import write_atomically
 DATA_PREFIX = "d-"
 #: A manifest being committed on ``file://``: ``.m-<data folder name>``.
 PENDING_MANIFEST = ".m-"
+#: Put before a checkpoint's manifest is removed: what remains is a deleter's leftover.
+DELETED = ".deleted"
 
 
 def _token() -> str:
@@ -230,6 +232,10 @@ class FsspecCheckpointStorage(CheckpointStorage):
                     committed = self._read_manifest(name).get("data")
                 except CheckpointError:
                     continue  # its data cannot be told from leftovers: touch nothing
+            if committed is None and DELETED in below:
+                # A deleter died half-way: none of this is anybody's write in progress.
+                found.append(Entry(name, cid, "orphan"))
+                continue
             writers = sorted({b.split("/", 1)[0] for b in below if b != MANIFEST})
             for top in writers:
                 if top == committed:
@@ -455,10 +461,16 @@ class FsspecCheckpointStorage(CheckpointStorage):
 
     def delete(self, checkpoint_id: int) -> None:
         name = checkpoint_name(check_id(checkpoint_id))
-        # The manifest first: the checkpoint is gone at once, and a kill now leaves data no
-        # manifest names (an orphan), never a checkpoint that looks whole but is not.
+        if not self.fs.exists(self._key(name, MANIFEST)):
+            self._remove(self._key(name))  # nothing committed: at most a killed deleter's rest
+            return
+        # A marker, then the manifest: the checkpoint is gone at once, and a kill now leaves
+        # data the marker shows to be no write in progress (an orphan, even while the process
+        # that wrote it lives on), never a checkpoint that looks whole but is not.
+        self.fs.pipe_file(self._key(name, DELETED), b"")
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self._key(name, MANIFEST))
+        crash_point("checkpoint.mid_delete")
         self._remove(self._key(name))
 
     def clean_orphans(self) -> list[str]:
