@@ -11,7 +11,8 @@ A reader sees a checkpoint only once its manifest is there, and the manifest nam
 folder it vouches for, so two writers of one id (a stale worker and its replacement) can never
 mix their files. User code keeps saving into and loading from local directories: ``write`` saves
 into a local temporary directory and uploads it; ``fetch`` downloads into a local cache
-directory, verifying every file's SHA-256 on the way, and hands back that directory.
+directory, verifying every file's SHA-256 on the way, and hands back that directory (on
+``file://`` the data folder itself, verified in place: it is local already).
 
 Deleting puts a ``.deleted`` marker, removes the manifest (the checkpoint disappears at once),
 then the rest; a kill in between leaves marked data: an orphan. A data folder no manifest names
@@ -226,8 +227,11 @@ class FsspecCheckpointStorage(CheckpointStorage):
         for name, below in sorted(self._objects().items()):
             cid = parse_name(name)
             committed: str | None = None
+            tops = {b.split("/", 1)[0] for b in below if b != MANIFEST}
             if MANIFEST in below:
                 found.append(Entry(name, cid, "checkpoint"))
+                if len(tops) <= 1:
+                    continue  # only the committed data: no manifest read (a request) needed
                 try:
                     committed = self._read_manifest(name).get("data")
                 except CheckpointError:
@@ -236,8 +240,7 @@ class FsspecCheckpointStorage(CheckpointStorage):
                 # A deleter died half-way: none of this is anybody's write in progress.
                 found.append(Entry(name, cid, "orphan"))
                 continue
-            writers = sorted({b.split("/", 1)[0] for b in below if b != MANIFEST})
-            for top in writers:
+            for top in sorted(tops):
                 if top == committed:
                     continue
                 token = top[len(PENDING_MANIFEST):] if top.startswith(PENDING_MANIFEST) else top
@@ -399,6 +402,13 @@ class FsspecCheckpointStorage(CheckpointStorage):
 
     def fetch(self, location: str, checksum: str) -> Path:
         cid = self._cid(location)
+        if self._local:
+            # file:// data is a local folder already (a shared mount, say): verify it in place
+            # and hand it over, as the local backend does, instead of copying it.
+            name = checkpoint_name(cid)
+            data = self._read_manifest(name)["data"]
+            self.verify(location, checksum)
+            return Path(self._key(name, data))
         entry = self.cache_dir / f"{checkpoint_name(cid)}-{checksum[:16]}"
         # The cache serves only a checkpoint that is still there under the same checksum (one
         # manifest read): a deleted or rewritten one is never loaded from a stale copy.
