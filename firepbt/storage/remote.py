@@ -425,7 +425,13 @@ class FsspecCheckpointStorage(CheckpointStorage):
         try:
             _, manifest = self._check(location, checksum, into=tmp)
             (tmp / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
-            os.rename(tmp, entry)
+            try:
+                os.rename(tmp, entry)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                # Another thread of this process fetched (and verified) it meanwhile.
+                shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
