@@ -41,15 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from firepbt.algorithms import algorithm_from_config
-from firepbt.checkpoints import (
-    MANIFEST,
-    TMP_PREFIX,
-    CheckpointDir,
-    default_root,
-    writer_alive,
-)
+from firepbt.checkpoints import default_root
 from firepbt.errors import CheckpointError, ConfigError, StoreError
 from firepbt.space import Space
+from firepbt.storage import CheckpointStorage, open_storage, root_of
 from firepbt.store import open_store
 from firepbt.store.base import (
     COMPLETED,
@@ -122,6 +117,7 @@ class _Checker:
         self.store = store
         self.files = files
         self.problems: list[str] = []
+        self._storages: dict[str, CheckpointStorage] = {}
 
     def fail(self, message: str) -> None:
         self.problems.append(message)
@@ -161,14 +157,27 @@ class _Checker:
             return
         if rec.checksum == SIMULATED_CHECKSUM:
             return
-        path = Path(rec.path)
-        if not path.parent.is_dir():
-            self.fail(f"invariant 1: {what} checkpoint {cid}: folder {path.parent} is missing")
+        root = root_of(rec.path)
+        try:
+            storage = self._storage(root)
+        except (CheckpointError, ConfigError):
+            self.fail(f"invariant 1: {what} checkpoint {cid}: folder {root} is missing")
             return
         try:
-            CheckpointDir(path.parent).verify(path, rec.checksum)
+            storage.verify(rec.path, rec.checksum)
         except CheckpointError as exc:
             self.fail(f"invariant 1: {what} checkpoint {cid}: {exc}")
+
+    def _storage(self, root: str) -> CheckpointStorage:
+        """The checkpoint storage at ``root``, opened once and never created (read-only).
+
+        Raises:
+            CheckpointError: a local root that is missing.
+            ConfigError: a URL root whose fsspec driver is not installed here.
+        """
+        if root not in self._storages:
+            self._storages[root] = open_storage(root, create=False)
+        return self._storages[root]
 
     def check_current_checkpoints(self) -> None:
         verified: set[int] = set()
@@ -319,8 +328,8 @@ class _Checker:
         if rec.deleted or rec.checksum == SIMULATED_CHECKSUM:
             return
         try:
-            tags = CheckpointDir(Path(rec.path).parent).read_tags(rec.path)
-        except CheckpointError as exc:
+            tags = self._storage(root_of(rec.path)).read_tags(rec.path)
+        except (CheckpointError, ConfigError) as exc:
             self.fail(f"invariant 4: checkpoint {rec.id}: {exc}")
             return
         if (_key(tags.get("hparams")), tags.get("parent")) != (_key(s.hparams), s.from_checkpoint):
@@ -391,52 +400,62 @@ class _Checker:
 
     # -- files on disk == live records --------------------------------------------------------
 
-    def _roots(self) -> set[Path]:
-        """The checkpoint folders of this store: where its records point, and the default."""
-        roots = {Path(c.path).parent for c in self.ckpts.values()
-                 if c.checksum != SIMULATED_CHECKSUM}
+    def _roots(self) -> set[str]:
+        """The checkpoint roots of this store: where its records point, and the default."""
+        roots = {root_of(c.path) for c in self.ckpts.values() if c.checksum != SIMULATED_CHECKSUM}
         url = self.store.url
         if url.startswith("sqlite:///"):
             default = default_root(Path(url[len("sqlite:///"):]))
             if default.is_dir():
-                roots.add(default)
-        return {r.absolute() for r in roots}
+                roots.add(str(default.absolute()))
+        return roots
+
+    def _present(self, location: str) -> bool:
+        """Whether a complete checkpoint is at ``location``."""
+        try:
+            storage = self._storage(root_of(location))
+        except (CheckpointError, ConfigError):
+            return False
+        cid = storage.id_of(location)
+        return cid is not None and storage.exists(cid)
 
     def check_files(self) -> None:
         live = {c.id: c for c in self.ckpts.values()
                 if not c.deleted and c.checksum != SIMULATED_CHECKSUM}
         for c in live.values():
-            if not Path(c.path).is_dir():
+            if not self._present(c.path):
                 self.fail(f"files: checkpoint {c.id} (worker {c.worker}, step {c.step}) is "
-                          f"missing: its folder {c.path} does not exist")
+                          f"missing: {c.path} holds no complete checkpoint")
         experiment = self.store.get_state("experiment_id")
         for root in sorted(self._roots()):
-            if not root.is_dir():
+            try:
+                storage = self._storage(root)
+            except (CheckpointError, ConfigError):
                 continue  # every record under it is reported missing above
             try:
-                owner = CheckpointDir(root).owner()
+                owner = storage.owner()
             except CheckpointError as exc:
                 self.fail(f"files: {exc}")
                 owner = None
             if owner is not None and experiment is not None and owner["experiment"] != experiment:
-                self.fail(f"files: checkpoint folder {root} belongs to store {owner['store']!r} "
-                          f"(experiment {owner['experiment']}), not to this store's experiment "
-                          f"{experiment}")
-            for entry in sorted(root.iterdir()):
-                name = entry.name
-                if name.startswith(TMP_PREFIX):
-                    if not writer_alive(name):
-                        self.fail(f"files: leaked temporary folder {entry} (a killed writer's; "
-                                  "the next start removes it)")
+                self.fail(f"files: checkpoint folder {storage.url} belongs to store "
+                          f"{owner['store']!r} (experiment {owner['experiment']}), not to this "
+                          f"store's experiment {experiment}")
+            for entry in storage.entries():
+                where = f"{storage.url}/{entry.name}"
+                if entry.kind == "writing":
                     continue
-                if not (name.startswith("c") and name[1:].isdigit()):
+                if entry.kind == "orphan":
+                    self.fail(f"files: leaked temporary folder {where} (a killed writer's; "
+                              "the next start removes it)")
                     continue
-                cid = int(name[1:])
+                cid = entry.checkpoint
+                assert cid is not None
                 rec = live.get(cid)
-                if rec is not None and Path(rec.path).absolute() == entry.absolute():
+                if rec is not None and storage.id_of(rec.path) == cid:
                     continue
                 why = ("its record was collected" if cid in self.ckpts and self.ckpts[cid].deleted
                        else "no record" if cid not in self.ckpts else "its record points elsewhere")
-                partial = "" if (entry / MANIFEST).is_file() else " (incomplete: no manifest)"
-                self.fail(f"files: leaked checkpoint folder {entry}{partial}: {why} (the next "
+                partial = "" if entry.kind == "checkpoint" else " (incomplete: no manifest)"
+                self.fail(f"files: leaked checkpoint folder {where}{partial}: {why} (the next "
                           "start removes it)")

@@ -25,16 +25,15 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from firepbt.batched_trainable import BatchedTrainable
-from firepbt.checkpoints import CheckpointDir
 from firepbt.errors import ConfigError
 from firepbt.executors.base import Executor
 from firepbt.executors.worker import checkpoint_tags
 from firepbt.faults import crash_point
+from firepbt.storage import CheckpointStorage, open_storage, root_of
 from firepbt.trainable import SegmentResult, SegmentSpec, as_metric
 
 
@@ -92,7 +91,7 @@ class BatchedExecutor(Executor):
         self._queue: list[SegmentSpec] = []
         self._task: BatchedTrainable | None = None
         self._cache: dict[int, _Cached] = {}
-        self._dirs: dict[str, CheckpointDir] = {}
+        self._dirs: dict[str, CheckpointStorage] = {}
         self.batch_sizes: list[int] = []  # one entry per batch run, for tests and benchmarks
 
     @property
@@ -127,9 +126,10 @@ class BatchedExecutor(Executor):
 
     # -- one batch -------------------------------------------------------------------------------
 
-    def _dir(self, root: str) -> CheckpointDir:
+    def _dir(self, root: str, create: bool = True) -> CheckpointStorage:
         if root not in self._dirs:
-            self._dirs[root] = CheckpointDir(root)
+            # Reading never creates a folder: a missing one is an error naming it.
+            self._dirs[root] = open_storage(root, create=create)
         return self._dirs[root]
 
     def _keep(self, batch: Sequence[SegmentSpec]) -> list[int | None]:
@@ -171,9 +171,11 @@ class BatchedExecutor(Executor):
                     continue
                 try:
                     assert spec.load_checksum is not None
-                    # Verify before load: never load a truncated or corrupted checkpoint.
-                    self._dir(spec.checkpoint_root).verify(spec.load_path, spec.load_checksum)
-                    task.load(j, Path(spec.load_path))
+                    # A verified local copy: never load a truncated or corrupted checkpoint.
+                    local = self._dir(root_of(spec.load_path), create=False).fetch(
+                        spec.load_path, spec.load_checksum
+                    )
+                    task.load(j, local)
                     task.set_hparams(j, hparams[j])
                 except Exception:  # noqa: BLE001 - one bad checkpoint fails one member only
                     errors[j] = traceback.format_exc()

@@ -11,11 +11,10 @@ import time
 import traceback
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from firepbt.checkpoints import CheckpointDir
 from firepbt.faults import crash_point
+from firepbt.storage import CheckpointStorage, open_storage, root_of
 from firepbt.trainable import SegmentResult, SegmentSpec, Trainable, as_metric, pick_metric
 
 
@@ -32,14 +31,16 @@ class WorkerState:
         self.trainable_cls = trainable_cls
         self.max_cached = max_cached
         self.cache: OrderedDict[int, _Cached] = OrderedDict()
-        self._dirs: dict[str, CheckpointDir] = {}
+        # One storage per checkpoint root (a directory or an fsspec URL), opened once.
+        self._dirs: dict[str, CheckpointStorage] = {}
 
     def forget(self, worker: int) -> None:
         self.cache.pop(worker, None)
 
-    def _dir(self, root: str) -> CheckpointDir:
+    def _dir(self, root: str, create: bool = True) -> CheckpointStorage:
         if root not in self._dirs:
-            self._dirs[root] = CheckpointDir(root)
+            # Reading never creates a folder: a missing one is an error naming it.
+            self._dirs[root] = open_storage(root, create=create)
         return self._dirs[root]
 
     def _trainable_for(self, spec: SegmentSpec) -> Trainable:
@@ -55,9 +56,11 @@ class WorkerState:
         t.seed = spec.seed
         if spec.load_path is not None:
             assert spec.load_checksum is not None
-            # Verify before load: never load a truncated or corrupted checkpoint.
-            self._dir(spec.checkpoint_root).verify(spec.load_path, spec.load_checksum)
-            t.load(Path(spec.load_path))
+            # A verified local copy (the checkpoint itself where the root is a local folder):
+            # never load a truncated or corrupted checkpoint. The load path's own root, not
+            # this segment's: a store may point at checkpoints an older layout put elsewhere.
+            source = self._dir(root_of(spec.load_path), create=False)
+            t.load(source.fetch(spec.load_path, spec.load_checksum))
             t.set_hparams(dict(spec.hparams))
         return t
 
