@@ -18,6 +18,7 @@ metric over tuning seeds 10000.. (apart from the test seeds), and report that tu
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Mapping
@@ -234,7 +235,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def main(name: str = "toys", preset: str = "quick", seeds: int | None = None,
-         out: str | Path = "runs/bench", jobs: int = JOBS,
+         out: str | Path | None = None, jobs: int = JOBS,
          tables: tuple[Table, ...] | None = None) -> dict[str, Any]:
     """Run bench ``name`` through ``compare()``, print its tables, return its figures.
 
@@ -242,7 +243,11 @@ def main(name: str = "toys", preset: str = "quick", seeds: int | None = None,
         name: a key of :data:`PRESETS`.
         preset: "quick" or "full".
         seeds: seeds 0..seeds-1, overriding the preset's.
-        out: the folder; each table's comparison goes to ``out/NAME-PRESET/TABLE``.
+        out: the folder; each table's comparison goes to ``out/NAME-PRESET/TABLE``. Default:
+            ``$FIREPBT_BENCH_DIR``, else ``runs/bench``. Each run's checkpoints sit beside
+            its store, and on a disk every checkpoint pays its fsyncs: a tmpfs folder
+            (``FIREPBT_BENCH_DIR=/dev/shm/firepbt-bench``) made an NQM PBT run 4x faster here
+            (1.9 s against 7.5 s), at the price of losing the runs at a reboot.
         jobs: runs at the same time.
         tables: other tables than the preset's (tests shrink them).
 
@@ -261,6 +266,8 @@ def main(name: str = "toys", preset: str = "quick", seeds: int | None = None,
     n = seeds if seeds is not None else p.seeds[preset]
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"seeds={seeds!r}: must be an integer >= 1")
+    if out is None:
+        out = os.environ.get("FIREPBT_BENCH_DIR") or "runs/bench"
     t0 = time.perf_counter()
     out_tables: dict[str, Any] = {}
     for table in tables if tables is not None else p.tables[preset]:
