@@ -102,7 +102,6 @@ def test_fire_init_counts_seeds_at_pbts_level(tmp_path: Path) -> None:
     assert "seeds at PBT's level" in presets.format_table(out)
 
 
-@pytest.mark.slow
 def test_async_sync_rows_run_on_their_own_executor_and_mode(tmp_path: Path) -> None:
     rows = tuple(m for m in presets.ASYNC_ROWS
                  if m.name in ("sync-inprocess", "async-process"))
