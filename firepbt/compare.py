@@ -278,7 +278,8 @@ def compare(
         eta = ""
         if fresh and n < total:
             per_run = (time.monotonic() - started) / fresh
-            eta = f", about {per_run * (total - n) / 60 / jobs:.1f} min left"
+            # Wall time per finished run: with a pool it already counts the runs in parallel.
+            eta = f", about {per_run * (total - n) / 60:.1f} min left"
         state = "done before" if out_["done"] else f"{out_['elapsed']:.1f} s"
         say(f"[{n}/{total}] {labels[out_['key']]} seed {out_['seed']}: {spec.name} {value} "
             f"({state}{eta})")
