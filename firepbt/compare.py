@@ -7,9 +7,17 @@ fixed-schedule baselines (``firepbt.schedules``), then writes ``compare.json`` a
 each baseline run its own JSON file, so a comparison stopped by Ctrl-C or a kill resumes where
 it stopped: finished runs are never redone.
 
-Per method the summary holds mean, standard deviation, median and per-seed values, one-sided
-Mann-Whitney p-values that it beats each other method, how many seeds it won, the learned
-schedule of its median seed, and wall time and worker-steps per run.
+Per method the summary holds mean, standard deviation, median, min, max and per-seed values,
+one-sided Mann-Whitney p-values that it beats each other method, how many seeds it won, the
+learned schedule and curve of its median seed, wall time and worker-steps per run, and per
+run the exploits, FIRE's transfers and evaluator stops, and the area under the answer's curve.
+
+The same code runs the project's benchmarks (``firepbt bench toys|nqm|...``, presets in
+``firepbt.bench.presets``), which is why it also takes: rows that are variants of a method
+(:class:`Method`: FIRE with i.i.d. initial hyperparameters, PBT ranking at the latest value,
+a row on its own executor or mode), baselines whose peak is tuned on a grid first
+(``"lr=cosine({peak})"`` with ``peaks`` and ``tuning_seeds``), a held-out measurement of each
+answer (``test``), and several runs at a time (``jobs``).
 """
 
 from __future__ import annotations
@@ -238,8 +246,7 @@ def compare(
     }
     # Settings that an older plan.json does not have join the plan only when used, so that
     # comparisons started before them still resume.
-    extra = {"executor": executor if executor != "process" else None,
-             "peaks": list(peaks) if tuned else None,
+    extra = {"peaks": list(peaks) if tuned else None,
              "tuning_seeds": list(tuning_seeds) if tuned else None,
              "schedule_every": schedule_every, "test": test}
     plan.update({k: v for k, v in extra.items() if v is not None})
