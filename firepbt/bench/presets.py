@@ -254,8 +254,8 @@ def main(name: str = "toys", preset: str = "quick", seeds: int | None = None,
     Returns:
         ``{"bench", "preset", "seeds", "tables": {key: table}, "wall_s"}``; each table holds
         what it printed (``rows``: per method the values as printed, their statistics and
-        the one-sided Mann-Whitney p-values against the reference), its ``folder`` and the
-        full ``compare`` summary.
+        the one-sided Mann-Whitney p-values against the reference) and its ``folder``,
+        whose ``compare.json`` holds the whole ``compare()`` summary.
     """
     if name not in PRESETS:
         raise ConfigError(f"bench {name!r}: not a comparison; expected one of "
@@ -283,7 +283,9 @@ def main(name: str = "toys", preset: str = "quick", seeds: int | None = None,
         )
         figures = figures_of(table, summary, p.pbt_level)
         print(format_table(figures), flush=True)
-        out_tables[table.key] = {**figures, "folder": str(folder), "compare": summary}
+        # The whole summary (schedules, curves) is in the folder's compare.json; the bench's
+        # own JSON stays a line a person can read.
+        out_tables[table.key] = {**figures, "folder": str(folder)}
     return {"bench": name, "preset": preset, "seeds": n, "tables": out_tables,
             "wall_s": round(time.perf_counter() - t0, 1),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

@@ -32,7 +32,9 @@ def tiny(table: Table, workers: int = 8, **settings: Any) -> Table:
 def bench(name: str, table: Table, out: Path, seeds: int = 2) -> dict[str, Any]:
     result = presets.main(name, seeds=seeds, out=out, tables=(table,))
     json.dumps(result)  # the CLI prints it as JSON
-    return result["tables"][table.key]
+    figures = result["tables"][table.key]
+    figures["compare"] = json.loads((Path(figures["folder"]) / "compare.json").read_text())
+    return figures
 
 
 def test_nqm_rows_hand_tuned_schedules_and_the_comparison_files(tmp_path: Path,
