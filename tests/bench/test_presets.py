@@ -105,6 +105,11 @@ def test_fire_init_counts_seeds_at_pbts_level(tmp_path: Path) -> None:
 
 
 def test_async_sync_rows_run_on_their_own_executor_and_mode(tmp_path: Path) -> None:
+    # This process's forkserver runs first (as after any earlier process run in a session):
+    # the pool's forked processes must start their own, not wait on this one's.
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
     rows = tuple(m for m in presets.ASYNC_ROWS
                  if m.name in ("sync-inprocess", "async-process"))
     table = replace(tiny(PRESETS["async-sync"].tables["quick"][0], steps=200), methods=rows)
