@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import firepbt as fp
+from firepbt.compare import compare as compare_
 from firepbt.errors import ConfigError
 from firepbt.schedules import parse_schedule
 
@@ -43,6 +44,9 @@ class Task(fp.Trainable):
 
     def load(self, path):
         self.progress = float((Path(path) / "p").read_text())
+
+    def held_out(self):
+        return 2.0 * self.progress
 '''
 
 ARGS = ["--workers", "6", "--executor", "inprocess", "--baseline", "lr=cosine(0.5)",
@@ -121,3 +125,62 @@ def test_the_schedule_language() -> None:
                      ("lr; wd=constant(0)", "must be key=form")]:
         with pytest.raises(ConfigError, match=why):
             parse_schedule(bad, space)
+
+
+def run_compare(task: Path, **kw: object) -> dict:
+    settings: dict = {"seeds": 2, "workers": 4, "executor": "inprocess", "mode": "sync",
+                      "out": task / "cmp", "log": lambda line: None, **kw}
+    return compare_(f"{task / 'task.py'}:Task", **settings)
+
+
+def test_variants_are_named_rows_with_their_own_algorithm_executor_and_mode(task: Path) -> None:
+    from firepbt.algorithms import PBT
+    from firepbt.compare import Method
+
+    latest = Method("pbt-latest", lambda w: PBT(population=w, rank_at="latest"),
+                    "PBT, latest value", mode="async", processes=2)
+    summary = run_compare(task, methods=["pbt", latest], jobs=2)
+    assert [m["label"] for m in summary["methods"].values()] == ["PBT", "PBT, latest value"]
+    plan = json.loads((task / "cmp" / "plan.json").read_text())
+    assert plan["methods"][0] == "pbt"
+    assert plan["methods"][1]["algorithm"]["rank_at"] == "latest"
+    assert (plan["methods"][1]["mode"], plan["methods"][1]["processes"]) == ("async", 2)
+    # Two runs at a time give what one at a time gives (in-process sync runs are exact).
+    again = run_compare(task, methods=["pbt", latest], out=task / "one", jobs=1)
+    assert again["methods"]["pbt"]["values"] == summary["methods"]["pbt"]["values"]
+    for m in summary["methods"].values():
+        assert len(m["exploits"]) == 2 and m["stop_reasons"] == {}
+    with pytest.raises(ConfigError, match="method name 'PBT latest': must match"):
+        Method("PBT latest", latest.algorithm)  # it names the store file
+    for bad, why in [
+        (["pbt", "pbt"], "each name must appear once"),
+        (["pbt", "hyperband"], "method 'hyperband': must be one of fire, pbt, pb2, random"),
+        ([Method("x", latest.algorithm, executor="ray")], "executor='ray': must be one of"),
+        ([Method("x", latest.algorithm, task="nqm")], "must have the comparison's search"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            run_compare(task, methods=bad, out=task / "bad")
+
+
+def test_a_baseline_with_a_peak_is_tuned_on_its_own_seeds_first(task: Path) -> None:
+    with pytest.raises(ConfigError, match="pass peaks="):
+        run_compare(task, baselines=["lr=cosine({peak})"])
+    summary = run_compare(task, methods=["random"], baselines=["lr=cosine({peak})"],
+                          peaks=(0.05, 0.5), tuning_seeds=(100, 101), schedule_every=1,
+                          test="held_out")
+    tuned = summary["methods"]["baseline:0"]
+    # progress grows with lr (1 - lr): 0.5 beats 0.05 by far, so the loss picks 0.5.
+    assert tuned["peak"] == 0.5 and tuned["label"] == "baseline lr=cosine(0.5)"
+    assert tuned["tuning"]["0.5"] < tuned["tuning"]["0.05"]
+    assert tuned["tuning_worker_steps"] == 2 * 2 * 60
+    assert sorted(p.name for p in (task / "cmp").glob("baseline-0-p*")) == [
+        "baseline-0-p0.05-s100.json", "baseline-0-p0.05-s101.json",
+        "baseline-0-p0.5-s100.json", "baseline-0-p0.5-s101.json"]
+    # schedule_every=1: the cosine changes every step, so every step is its own piece.
+    assert len(tuned["median_schedule"]) == 60
+    # test=: each answer measured by the task's own held_out(), from its final weights.
+    for m in summary["methods"].values():
+        progress = [1.0 / v - 1.0 for v in m["values"]]
+        assert m["test"]["values"] == pytest.approx([2.0 * p for p in progress])
+    with pytest.raises(ConfigError, match="test='accuracy': task .* has no method"):
+        run_compare(task, methods=["random"], test="accuracy", out=task / "bad")

@@ -1,4 +1,9 @@
-"""Benchmarks that print their figures (``firepbt bench NAME [--json]``)."""
+"""Benchmarks that print their figures (``firepbt bench NAME [--json]``).
+
+The comparisons (toys, nqm, fmnist, rl, teacher-student, fire-init, fire-init-deceptive,
+async-sync) are presets over :func:`firepbt.compare.compare` (``firepbt.bench.presets``); the
+others measure the engine itself.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,14 @@ from typing import Any
 
 from firepbt.errors import ConfigError
 
+_PRESETS = ("toys", "nqm", "fmnist", "rl", "teacher-student", "fire-init",
+            "fire-init-deceptive", "async-sync")
 BENCHES = {
     "overhead": "firepbt.bench.overhead",
     "controller": "firepbt.bench.controller",
-    "toys": "firepbt.bench.compare",
-    "nqm": "firepbt.bench.compare",
     "batched": "firepbt.bench.batched",
-    "teacher-student": "firepbt.bench.real",
-    "fmnist": "firepbt.bench.real",
-    "rl": "firepbt.bench.real",
-    "decision-cost": "firepbt.bench.compare:main_decision_cost",
-    "async-sync": "firepbt.bench.compare:main_async_sync",
-    "fire-init": "firepbt.bench.compare:main_fire_init",
-    "fire-init-deceptive": "firepbt.bench.compare:main_fire_init_deceptive",
+    "decision-cost": "firepbt.bench.decision_cost",
+    **{name: "firepbt.bench.presets" for name in _PRESETS},
 }
 
 

@@ -45,6 +45,30 @@ def _die_with_bench(bench_pid: int) -> None:
         os._exit(1)
 
 
+def _own_forkserver() -> None:
+    """Pool initializer, after :func:`_die_with_bench`: forget the bench's forkserver.
+
+    A forked pool process inherits the bench's record of its multiprocessing forkserver (a
+    process that is the bench's child, not this one's); a run on process workers here then
+    failed in ``forkserver.ensure_running()`` with "No child processes". Forgetting it makes
+    the first run here start this process's own server.
+    """
+    from multiprocessing import forkserver
+
+    server: Any = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    if server._forkserver_alive_fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(server._forkserver_alive_fd)
+    server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+
+
+def _init_pool_process(bench_pid: int) -> None:
+    _die_with_bench(bench_pid)
+    _own_forkserver()
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -66,7 +90,7 @@ def pool_map(fn: Callable[[Any], dict[str, Any]], jobs: Sequence[Any], processes
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
     before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(processes, mp_context=get_context(method),
-                               initializer=_die_with_bench, initargs=(os.getpid(),))
+                               initializer=_init_pool_process, initargs=(os.getpid(),))
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
     try:
