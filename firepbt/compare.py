@@ -61,6 +61,9 @@ METHODS: dict[str, Callable[[int], Algorithm]] = {
 }
 LABELS = {"fire": "FIRE PBT", "pbt": "PBT", "pb2": "PB2", "random": "random search"}
 PEAK = "{peak}"  # the placeholder of a baseline whose peak is tuned on a grid
+# {peak} or {peak*K}: K times the grid's value, for a baseline on another scale (Schedule-Free
+# SGD takes about ten times SGD's learning rate) tuned on the same grid and tuning runs.
+_PEAK = re.compile(r"\{peak(?:\*([0-9]*\.?[0-9]+))?\}")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
@@ -160,7 +163,8 @@ def compare(
         baselines: fixed schedules, e.g. ``"lr=cosine(0.1)"`` (see ``firepbt.schedules``).
             A baseline holding ``{peak}`` (``"lr=step({peak}, 0.1, 0.5, 0.75)"``) is tuned
             first: every value of ``peaks`` runs on every seed of ``tuning_seeds``, the best
-            mean wins, and that tuning compute is reported.
+            mean wins, and that tuning compute is reported. ``{peak*10}`` stands for ten
+            times the grid's value (a baseline on another scale, tuned on the same grid).
         out: the folder for the stores, ``compare.json`` and ``compare.html``.
         space, steps, interval, eval_every, metric: as for :func:`firepbt.run` (task defaults).
         processes: worker processes per run; executor, mode: as for :func:`firepbt.run`.
@@ -213,13 +217,13 @@ def compare(
     if steps is None or interval is None:
         raise ConfigError(f"task {task!r} has no DEFAULTS for steps/interval: pass them")
     spec = Metric.of(metric if metric is not None else task_attribute(obj, "METRIC"))
-    tuned = [text for text in baselines if PEAK in text]
+    tuned = [text for text in baselines if _tuned(text)]
     if tuned and (not peaks or not tuning_seeds):
         raise ConfigError(f"baseline {tuned[0]!r} has {PEAK}: pass peaks= (the grid) and "
                           "tuning_seeds= (seeds apart from the test seeds 0..seeds-1)")
     # Every baseline is parsed (each tuned one at every peak) before anything runs.
     for text in baselines:
-        for peak in (peaks if PEAK in text else [None]):
+        for peak in (peaks if _tuned(text) else [None]):
             parse_schedule(_at(text, peak), space)
     if test is not None and not callable(getattr(make_trainable_class(obj), test, None)):
         raise ConfigError(f"test={test!r}: task {task!r} has no method {test!r} to measure "
@@ -257,12 +261,12 @@ def compare(
     # Tuned baselines first: their winning peak decides what the test seeds run.
     chosen: dict[int, dict[str, Any]] = {}
     if tuned:
-        tuning_jobs = [("tune", i, p, s) for i, text in enumerate(baselines) if PEAK in text
+        tuning_jobs = [("tune", i, p, s) for i, text in enumerate(baselines) if _tuned(text)
                        for p in peaks for s in tuning_seeds]
         done = _run_jobs(ctx, tuning_jobs, baselines, rows, algorithms, processes, executor,
                          mode, jobs, lambda *a: None)
         for i, text in enumerate(baselines):
-            if PEAK in text:
+            if _tuned(text):
                 chosen[i] = _choose_peak(text, peaks, tuning_seeds, done[f"baseline:{i}"],
                                          spec, steps)
                 say(f"baseline {text}: peak {chosen[i]['peak']:.4g} (mean {spec.name} "
@@ -302,9 +306,15 @@ def compare(
     return summary
 
 
+def _tuned(text: str) -> bool:
+    return _PEAK.search(text) is not None
+
+
 def _at(text: str, peak: float | None) -> str:
     """A tuned baseline's text with its peak filled in (``repr``: the exact float)."""
-    return text if peak is None else text.replace(PEAK, repr(float(peak)))
+    if peak is None:
+        return text
+    return _PEAK.sub(lambda m: repr(float(peak) * float(m.group(1) or 1)), text)
 
 
 def _peak_key(peak: float) -> str:

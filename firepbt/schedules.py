@@ -10,7 +10,9 @@ fraction of training done (0 at the start, 1 at the end) to the value. The forms
   (``step(1.0, 0.1, 0.5, 0.75)``: x0.1 at 50 % and again at 75 %, the classic step decay).
 
 Entries are separated by ``;``. A baseline must give every hyperparameter the search space
-tunes; constants of the space ride along.
+tunes; constants of the space ride along, or take a plain value instead
+(``lr=constant(1.0); optimizer=schedulefree; warmup_steps=100``: a Schedule-Free baseline on
+a task whose space has the constants ``optimizer`` and ``warmup_steps``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from firepbt.errors import ConfigError
 from firepbt.space import Space
+from firepbt.space_spec import atom
 
 FORMS = "constant(v), cosine(peak[, end]), linear(start, end), step(peak, factor, at, ...)"
 _CALL = re.compile(r"^([a-z]+)\((.*)\)$")
@@ -55,6 +58,7 @@ def parse_schedule(text: str, space: Space, name: str | None = None) -> Schedule
     tuned = set(space.keys())
     known = tuned | set(space.constants())
     parts: dict[str, Callable[[float], float]] = {}
+    overrides: dict[str, Any] = {}
     for entry in (e.strip() for e in text.split(";")):
         if not entry:
             continue
@@ -65,12 +69,15 @@ def parse_schedule(text: str, space: Space, name: str | None = None) -> Schedule
         if key not in known:
             raise ConfigError(f"--baseline {key}: not a hyperparameter of the space "
                               f"(it has {sorted(known)})")
+        if key in space.constants() and _CALL.match(value.replace(" ", "")) is None:
+            overrides[key] = atom(value)  # a constant set to another plain value
+            continue
         parts[key] = _form(key, value)
     missing = sorted(tuned - set(parts))
     if missing:
         raise ConfigError(f"--baseline {text!r}: gives no schedule for {missing}; a fixed "
                           "baseline must set every tuned hyperparameter (e.g. constant(v))")
-    constants = {k: v for k, v in space.constants().items() if k not in parts}
+    constants = {**{k: v for k, v in space.constants().items() if k not in parts}, **overrides}
     return Schedule(name or text, text, parts, constants, space)
 
 

@@ -74,7 +74,8 @@ def _split(text: str) -> list[str]:
     return parts
 
 
-def _atom(text: str) -> Any:
+def atom(text: str) -> Any:
+    """A plain value: an int, a float, true/false, else the (unquoted) string."""
     text = text.strip()
     for cast in (int, float):
         try:
@@ -91,9 +92,9 @@ def _value(key: str, text: str) -> Any:
     if m is None:
         if "(" in text or ")" in text or not text:
             raise ConfigError(f"--space {key}={text!r}: expected {FORMS}")
-        return _atom(text)
+        return atom(text)
     form, args = m.group(1), [a for a in m.group(2).split(",") if a.strip()]
-    values = [_atom(a) for a in args]
+    values = [atom(a) for a in args]
     try:
         if form in ("uniform", "loguniform"):
             if len(values) != 2:

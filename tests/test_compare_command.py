@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import firepbt as fp
+from firepbt.compare import _at
 from firepbt.compare import compare as compare_
 from firepbt.errors import ConfigError
 from firepbt.schedules import parse_schedule
@@ -118,11 +119,20 @@ def test_the_schedule_language() -> None:
     assert [step.values(f)["lr"] for f in (0.0, 0.49, 0.5, 0.8)] == pytest.approx(
         [1.0, 1.0, 0.1, 0.01])
     assert math.isclose(step.values(0.3)["wd"], 0.01)
+    plain = parse_schedule("lr=constant(1.0); wd=constant(0); momentum=0.95; opt=schedulefree",
+                           fp.Space(lr=fp.LogUniform(1e-3, 1.0), wd=fp.Uniform(0, 0.1),
+                                    momentum=0.9, opt="sgd"))
+    assert plain.values(0.5) == {"lr": 1.0, "wd": 0.0, "momentum": 0.95, "opt": "schedulefree"}
+    # A tuned baseline's placeholder, scaled for a baseline on another scale.
+    assert _at("lr=constant({peak*10}); wd=linear({peak}, 0)", 0.25) == \
+        "lr=constant(2.5); wd=linear(0.25, 0)"
     for bad, why in [("lr=cosine(1.0)", "gives no schedule for \\['wd'\\]"),
                      ("lr=cosine(1); wd=constant(0); x=constant(1)", "not a hyperparameter"),
                      ("lr=exp(1); wd=constant(0)", "unknown form 'exp'"),
                      ("lr=step(1, 0.1, 1.5); wd=constant(0)", "fraction in \\(0, 1\\)"),
-                     ("lr; wd=constant(0)", "must be key=form")]:
+                     ("lr; wd=constant(0)", "must be key=form"),
+                     ("lr=0.1; wd=constant(0)", "expected constant"),  # tuned: a form
+                     ("lr=cosine(1); wd=constant(0); momentum=cosine(x)", "must be numbers")]:
         with pytest.raises(ConfigError, match=why):
             parse_schedule(bad, space)
 

@@ -46,6 +46,13 @@ STEP_DECAY = "lr=step({peak}, 0.1, 0.5, 0.75)"  # x0.1 at 50 % and again at 75 %
 COSINE = "lr=cosine({peak})"  # half a cosine from the peak down to 0
 
 
+def schedule_free(warmup_steps: int) -> str:
+    """Schedule-Free SGD (Defazio et al. 2024) at a constant learning rate after a linear
+    warm-up: the baseline without a schedule. It takes about ten times SGD's learning rate, so
+    its peak is ten times the grid's."""
+    return f"lr=constant({{peak*10}}); optimizer=schedulefree; warmup_steps={warmup_steps}"
+
+
 class PlainFullRange(PlainToy):
     """Plain toy whose members start anywhere in SPACE (random search never explores)."""
 
@@ -161,7 +168,8 @@ def _nqm(methods: tuple[Method, ...], reference: str = "fire", tuned: bool = Tru
     )
 
 
-FMNIST_SPACE = Space(lr=LogUniform(1e-3, 0.1), momentum=0.9, weight_decay=0.0, eval_size=1000)
+FMNIST_SPACE = Space(lr=LogUniform(1e-3, 0.1), momentum=0.9, weight_decay=0.0, eval_size=1000,
+                     optimizer="sgd", warmup_steps=0)
 
 
 def _fmnist(workers: int, steps: int, interval: int, eval_every: int,
@@ -169,7 +177,8 @@ def _fmnist(workers: int, steps: int, interval: int, eval_every: int,
     """Fashion-MNIST MLP, only ``lr`` tuned; fitness on 1,000 validation images, the reported
     value the answer's accuracy on the 10,000 test images, measured once at the end."""
     return Table("fmnist", "fmnist", (FIRE, PBT_, RANDOM),
-                 {"step": STEP_DECAY, "cosine": COSINE},
+                 {"step": STEP_DECAY, "cosine": COSINE,
+                  "schedule-free": schedule_free(steps // 20)},
                  {"space": FMNIST_SPACE, "steps": steps, "interval": interval,
                   "eval_every": eval_every, "peaks": peaks, "tuning_seeds": (10_000,),
                   "schedule_every": 1, "test": "test_accuracy"},
@@ -193,7 +202,8 @@ def _teacher_student(steps: int, eval_every: int, peaks: tuple[float, ...],
     rows = tuple(Method(m.name, m.algorithm, m.label, task=batched, executor="batched",
                         processes=POPULATION) for m in (FIRE, PBT_, RANDOM))
     return Table("teacher-student", "teacher-student", rows,
-                 {"step": STEP_DECAY, "cosine": COSINE},
+                 {"step": STEP_DECAY, "cosine": COSINE,
+                  "schedule-free": schedule_free(steps // 20)},
                  {"steps": steps, "interval": 200, "eval_every": eval_every, "peaks": peaks,
                   "tuning_seeds": tuning, "schedule_every": 1},
                  value="FVU", negate=True)

@@ -46,6 +46,9 @@ PARAM_NAMES = ("0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias")
 def _lr(hparams: Mapping[str, Any]) -> float:
     if "lr" not in hparams:
         raise ConfigError(f"hparams={dict(hparams)!r}: the teacher-student task needs 'lr'")
+    if hparams.get("optimizer", "sgd") != "sgd":
+        raise ConfigError(f"optimizer={hparams['optimizer']!r}: the batched teacher-student "
+                          "task trains with SGD only; use the single task (teacher-student)")
     return float(hparams["lr"])
 
 

@@ -17,6 +17,7 @@ from firepbt.algorithms.fire import FirePBT
 from firepbt.api import task_attribute
 from firepbt.bench import BENCHES, presets
 from firepbt.bench.presets import PEAK_GRID, PRESETS, Table
+from firepbt.compare import _at
 from firepbt.errors import ConfigError
 from firepbt.importing import load_object
 from firepbt.schedules import parse_schedule
@@ -137,9 +138,10 @@ def test_fmnist_reports_the_answers_test_accuracy(tmp_path: Path) -> None:
     except (OSError, ConfigError):
         pytest.skip("Fashion-MNIST files are not installed")
     table = bench("fmnist", presets._fmnist(5, 14, 7, 1, (0.05,)), tmp_path, seeds=1)
-    assert list(table["rows"]) == ["fire", "pbt", "random", "step", "cosine"]
+    assert list(table["rows"]) == ["fire", "pbt", "random", "step", "cosine", "schedule-free"]
+    names = {"baseline:0": "step", "baseline:1": "cosine", "baseline:2": "schedule-free"}
     for key, m in table["compare"]["methods"].items():
-        test = table["rows"][{"baseline:0": "step", "baseline:1": "cosine"}.get(key, key)]
+        test = table["rows"][names.get(key, key)]
         value = test["values"][0]
         # The test accuracy of 10,000 images: a multiple of 1/10000, printed instead of the
         # validation accuracy (1,000 images) that chose the answer.
@@ -157,6 +159,7 @@ def test_teacher_student_populations_train_batched(tmp_path: Path) -> None:
     # FVU: a student near the zero function scores about 1; 28 steps cannot reach 0.
     assert all(0.0 < r["values"][0] < 1.5 for r in table["rows"].values())
     assert table["rows"]["step"]["peak"] in (0.01, 0.03)
+    assert table["rows"]["schedule-free"]["peak"] in (0.01, 0.03)  # lr: ten times the peak
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -186,7 +189,7 @@ def test_every_preset_is_a_valid_comparison() -> None:
                 space = t.settings.get("space", task_attribute(obj, "SPACE"))
                 for text in t.baselines.values():
                     for peak in t.settings["peaks"]:
-                        parse_schedule(text.replace("{peak}", repr(peak)), space)
+                        parse_schedule(_at(text, peak), space)
                 assert any(m.name == t.reference for m in t.methods), (name, size)
     assert FirePBT(population=22).n_evaluators == 6  # the budget split the docs describe
 
