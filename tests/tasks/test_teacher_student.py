@@ -94,7 +94,8 @@ def test_members_share_the_teacher_but_not_the_samples() -> None:
 
 def test_space_and_defaults() -> None:
     sample = TeacherStudent.SPACE.sample(np.random.default_rng(0))
-    assert set(sample) == {"lr"} and 1e-4 <= sample["lr"] <= 0.1
+    assert set(sample) == {"lr", "optimizer", "warmup_steps"} and 1e-4 <= sample["lr"] <= 0.1
+    assert TeacherStudent.SPACE.keys() == ["lr"]  # the optimiser constants are not tuned
     assert TeacherStudent.DEFAULTS == {"steps": 4000, "interval": 200, "eval_every": 50}
 
 
