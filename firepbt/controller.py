@@ -36,6 +36,8 @@ from firepbt.algorithms.base import (
     Decision,
     Exploit,
     FitnessTable,
+    GiveUp,
+    Replace,
     SetFitness,
     Snapshot,
     StartEvaluator,
@@ -48,7 +50,7 @@ from firepbt.checkpoints import CheckpointDir, collectable, store_identity
 from firepbt.errors import ConfigError, ExperimentLocked, RunFailed
 from firepbt.executors.base import Executor
 from firepbt.faults import crash_point
-from firepbt.space import Space, explore
+from firepbt.space import Space
 from firepbt.store.base import (
     ACTIVE,
     CANCELLED,
@@ -287,6 +289,8 @@ class Controller:
             members = 0
             # The algorithm owns the initial draw (Latin hypercube or i.i.d., its ``init``).
             drawn = [] if initial else algorithm.initial_hparams(init_space, self.rng)
+            self.state = algorithm.init_state(algorithm.topology(), self.rng)
+            self._state_changed = True
             for wid, role in enumerate(algorithm.topology()):
                 if role.role == MEMBER:
                     # Given starting points (a grid, a warm start) cycle over the members.
@@ -342,6 +346,11 @@ class Controller:
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = self.store.get_state("rng")
         self.tick = int(self.store.get_state("tick", 0))
+        saved = self.store.get_state("algorithm_state")
+        # A store from before explicit algorithm state has none: start from ``init_state``.
+        self.state = (stored_alg.init_state(stored_alg.topology(), self.rng) if saved is None
+                      else stored_alg.load_state(saved))
+        self._state_changed = saved is None
         self.workers = {w.id: w for w in self.store.workers()}
         self.curves = {wid: list(self.store.get_state(f"curve/{wid}", [])) for wid in self.workers}
         self._dirty = set()
@@ -693,39 +702,18 @@ class Controller:
         elif w.failures >= 2 * self.config.max_failures:
             # It failed again after a replacement from a donor: replacing it once more would
             # loop for ever on a task that cannot train it. It stays failed.
-            self._give_up(w, error)
+            self._apply(GiveUp(w.id, error))
         else:
-            self._replace_failed(w, error)
+            # Whom it restarts from is the algorithm's decision (its sub-populations, its
+            # fitness), committed with its state like every other decision.
+            decisions, self.state = self.algorithm.replace(
+                self._snapshot((w.id,)), self.state, w.id, error, self.rng)
+            self._state_changed = True
+            for d in decisions:
+                self._apply(d)
         # The failed segment may have been the last of a synchronous round: the workers that
         # wait for it must not wait forever (a dead member never pauses the population).
         self._end_round()
-
-    def _replace_failed(self, w: WorkerRecord, error: str) -> None:
-        """Persistent failure: mark failed, then restart the member from the best peer."""
-        peers = [
-            p for p in self.workers.values()
-            if p.role == MEMBER and p.subpop == w.subpop and p.id != w.id
-            and p.checkpoint is not None and p.status in (ACTIVE, DONE)
-            and self._views[p.id].last_metric() is not None
-        ]
-        if not peers:
-            self._give_up(w, error)
-            return
-        donor = max(peers, key=lambda p: (self._views[p.id].last_metric(), -p.id))
-        new_hp, ops = explore(self.space, donor.hparams, self.rng,
-                              self.algorithm.explore_config())
-        assert donor.checkpoint is not None
-        self._overwrite(w.id, donor.checkpoint, new_hp, curve=[])
-        self._event(
-            "replace", w.id, donor.step, donor=donor.id, donor_checkpoint=donor.checkpoint,
-            old_hparams=w.hparams, new_hparams=new_hp, info={"ops": ops, "error": error},
-        )
-        self._schedule(w.id)
-
-    def _give_up(self, w: WorkerRecord, error: str) -> None:
-        self.workers[w.id] = replace(w, status=FAILED)
-        self._touch(w.id)
-        self._event("failed", w.id, w.step, info={"error": error})
 
     def _ready(self, wid: int) -> None:
         w = self.workers[wid]
@@ -754,15 +742,7 @@ class Controller:
         idle = [] if self._members_done() else [
             e for e in self._evaluators if self.workers[e].status == IDLE
         ]
-        snapshot = Snapshot(
-            workers=MappingProxyType(self._views),
-            ready=tuple(ready) + tuple(i for i in idle if i not in ready),
-            tick=self.tick,
-            space=self.space,
-            interval=self.config.interval,
-            total_steps=self.config.steps,
-            tables=self._snapshot_tables(),
-        )
+        snapshot = self._snapshot(tuple(ready) + tuple(i for i in idle if i not in ready))
         for k, table in sorted((snapshot.tables or {}).items()):
             # NaN-like fitness never donates, so nobody can exploit: say why, once per run,
             # but only once every member has reported (not at a healthy run's start).
@@ -773,7 +753,8 @@ class Controller:
                 log.warning("sub-population %d: no member has a valid fitness (NaN, inf, "
                             "None or non-numeric); no exploit until one has", k)
         try:
-            decisions = self.algorithm.decide(snapshot, self.rng)
+            decisions, self.state = self.algorithm.decide(snapshot, self.state, self.rng)
+            self._state_changed = True
         except Exception:  # noqa: BLE001 - user code (a custom explore) must not end the run
             error = traceback.format_exc()
             log.warning("the algorithm failed to decide for workers %s; they continue: %s",
@@ -794,6 +775,17 @@ class Controller:
         crash_point("controller.after_decision")
         if self._members_done():
             self._stop_all_evaluators()
+
+    def _snapshot(self, ready: tuple[int, ...]) -> Snapshot:
+        return Snapshot(
+            workers=MappingProxyType(self._views),
+            ready=ready,
+            tick=self.tick,
+            space=self.space,
+            interval=self.config.interval,
+            total_steps=self.config.steps,
+            tables=self._snapshot_tables(),
+        )
 
     def _members_done(self) -> bool:
         return self._open_members == 0
@@ -879,6 +871,18 @@ class Controller:
                 self.workers[child.id] = replace(self.workers[child.id], status=ACTIVE)
                 self._schedule(child.id)
             self._apply(StopEvaluator(w.id, "success", d.p_value, d.delta))
+        elif isinstance(d, Replace):
+            self._overwrite(w.id, d.donor_checkpoint, d.new_hparams, curve=[])
+            self._event(
+                "replace", w.id, self.store.checkpoint(d.donor_checkpoint).step, donor=d.donor,
+                donor_checkpoint=d.donor_checkpoint, old_hparams=w.hparams,
+                new_hparams=d.new_hparams, info={"ops": dict(d.ops), "error": d.error},
+            )
+            self._schedule(w.id)
+        elif isinstance(d, GiveUp):
+            self.workers[w.id] = replace(w, status=FAILED)
+            self._touch(w.id)
+            self._event("failed", w.id, w.step, info={"error": d.error})
         elif isinstance(d, SetFitness):
             self.workers[w.id] = replace(w, info={**w.info, "fire_fitness": _num(d.value)})
             self._touch(w.id)
@@ -961,6 +965,9 @@ class Controller:
         self._dirty.clear()
         self.store.put_state("rng", self.rng.bit_generator.state)
         self.store.put_state("tick", self.tick)
+        if self._state_changed:
+            self.store.put_state("algorithm_state", self.algorithm.save_state(self.state))
+            self._state_changed = False
 
     def _collect_garbage(self) -> None:
         """Delete checkpoints nobody can need: never a current or pending-source one."""

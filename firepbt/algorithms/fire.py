@@ -19,7 +19,7 @@ from typing import Any, ClassVar, cast
 
 import numpy as np
 
-from firepbt.algorithms import curves
+from firepbt.algorithms import curves, register
 from firepbt.algorithms.base import (
     EVALUATOR,
     MEMBER,
@@ -51,6 +51,21 @@ EVALUATOR_SHARE = 0.28
 RANDOM_CHILD = "random_child"
 
 
+@dataclass
+class FireState:
+    """FIRE's state between decisions: memos of smoothed curves and pair scores.
+
+    Pure caches (an evaluator's curve grows by a few points per event while FIRE re-scores all
+    of a sub-population's curves, so most look-ups hit): they are not saved, and a resumed run
+    starts them empty (``FirePBT.load_state``). FIRE's bookkeeping of who evaluates whom lives
+    in the workers' annotations (:class:`EvaluatorRecord`, :class:`MemberRecord`).
+    """
+
+    smoother: curves.CachedSmoother
+    pairs: curves.PairMemo
+
+
+@register
 @dataclass(frozen=True)
 class FirePBT(Algorithm):
     """FIRE PBT: sub-populations linked by evaluators that measure improvement rates.
@@ -168,9 +183,6 @@ class FirePBT(Algorithm):
             _is_int(self.min_points) and self.min_points >= 1,
             f"min_points={self.min_points!r}: must be an integer >= 1",
         )
-        # Not a dataclass field: the cache is state, not a setting, and must not take part in
-        # equality, hashing or the stored config. Every curve grows by a few points per event
-        # while FIRE re-scores all of a sub-population's curves, so most calls are hits.
         require(
             isinstance(self.gp_refit_growth, int | float)
             and math.isfinite(self.gp_refit_growth) and self.gp_refit_growth >= 1.0,
@@ -180,16 +192,6 @@ class FirePBT(Algorithm):
             self.gp_fit in curves.GP_FITS,
             f"gp_fit={self.gp_fit!r}: must be one of {', '.join(curves.GP_FITS)}",
         )
-        base: curves.Smoother
-        base = (
-            curves.GPSmoother(refit_growth=self.gp_refit_growth, fit=self.gp_fit)
-            if self.smoother == "gp"
-            else curves.EMASmoother()
-        )
-        object.__setattr__(self, "_smooth", curves.CachedSmoother(base))
-        object.__setattr__(self, "_pairs", curves.PairMemo())
-        object.__setattr__(self, "_sizes", sizes)
-        object.__setattr__(self, "_n_eval", n_eval)
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -218,12 +220,12 @@ class FirePBT(Algorithm):
     @property
     def sizes(self) -> tuple[int, ...]:
         """Resolved member counts |P1|..|Pn|."""
-        return self._sizes  # type: ignore[attr-defined]
+        return self._split()[0]
 
     @property
     def n_evaluators(self) -> int:
         """Resolved evaluator count."""
-        return self._n_eval  # type: ignore[attr-defined]
+        return self._split()[1]
 
     def max_eval_steps(self, interval: int) -> int:
         """An evaluator's training budget in steps (at least one interval)."""
@@ -267,13 +269,35 @@ class FirePBT(Algorithm):
             cfg["subpop_sizes"] = list(self.subpop_sizes)
         return {"name": self.name, **cfg}
 
+    # -- state ---------------------------------------------------------------------------------
+
+    def init_state(self, topology: Sequence[Role], rng: np.random.Generator) -> FireState:
+        """Empty memos (nothing is drawn from ``rng``)."""
+        base: curves.Smoother
+        base = (
+            curves.GPSmoother(refit_growth=self.gp_refit_growth, fit=self.gp_fit)
+            if self.smoother == "gp"
+            else curves.EMASmoother()
+        )
+        return FireState(curves.CachedSmoother(base), curves.PairMemo())
+
+    def save_state(self, state: FireState) -> dict[str, Any]:
+        return {}  # memos only: rebuilt from the curves on demand
+
+    def load_state(self, data: Any) -> FireState:
+        return self.init_state(self.topology(), np.random.default_rng(0))
+
     # -- decisions ----------------------------------------------------------------------------
 
-    def decide(self, snapshot: Snapshot, rng: np.random.Generator) -> list[Decision]:
+    def decide(
+        self, snapshot: Snapshot, state: FireState | None, rng: np.random.Generator
+    ) -> tuple[list[Decision], FireState]:
         """Judge evaluators, exploit/explore members, stop stale evaluators, assign free ones."""
+        if state is None:
+            state = self.init_state(self.topology(), rng)
         views = snapshot.workers
         ready = [views[i] for i in snapshot.ready]
-        round_ = _Round()
+        round_ = _Round(state)
         self._judge(
             snapshot, [w for w in ready if w.role == EVALUATOR and w.status == ACTIVE], round_
         )
@@ -284,13 +308,14 @@ class FirePBT(Algorithm):
         starts = self._assign(snapshot, sorted(set(free)), rng, round_)
         # Application order matters to the controller: an evaluator is stopped before it is
         # restarted, and a parent is overwritten before an evaluator records its version.
-        return [
+        decisions = [
             *round_.fitness,
             *round_.evaluators.values(),
             *round_.members,
             *round_.cleared,
             *starts,
         ]
+        return decisions, state
 
     def _judge(self, snapshot: Snapshot, ready: list[WorkerView], round_: _Round) -> None:
         """Stops 1-3 and successes of the ready evaluators; one success per child."""
@@ -308,7 +333,7 @@ class FirePBT(Algorithm):
                 e.step - int(e.info["start_step"]),
                 max_steps,
                 self.p_stat,
-                self._smoother,
+                round_.state.smoother,
                 self.min_points,
                 self._score,
             )
@@ -396,7 +421,7 @@ class FirePBT(Algorithm):
             if curves.valid_points(e.curve).size >= self.min_points:
                 evaluated[parent.id] = e.curve
         return curves.fire_fitness(
-            evaluated, self._smoother, self._score, self._pairs  # type: ignore[attr-defined]
+            evaluated, round_.state.smoother, self._score, round_.state.pairs
         )
 
     def _fence(self, snapshot: Snapshot, round_: _Round) -> None:
@@ -516,10 +541,6 @@ class FirePBT(Algorithm):
         return candidates[int(rng.integers(len(candidates)))].id
 
     @property
-    def _smoother(self) -> curves.CachedSmoother:
-        return self._smooth  # type: ignore[attr-defined]
-
-    @property
     def _score(self) -> curves.ScoreName:
         return cast(curves.ScoreName, self.fitness)
 
@@ -528,6 +549,7 @@ class FirePBT(Algorithm):
 class _Round:
     """What one ``decide`` call has decided so far."""
 
+    state: FireState
     evaluators: dict[int, Decision] = field(default_factory=dict)
     members: list[Decision] = field(default_factory=list)
     fitness: list[Decision] = field(default_factory=list)

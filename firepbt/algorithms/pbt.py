@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import stats
 
+from firepbt.algorithms import register
 from firepbt.algorithms.base import (
     MEMBER,
     Algorithm,
@@ -29,6 +30,7 @@ EXPLOIT_RULES = ("truncation", "tournament", "ttest")
 RANK_AT = ("equal_step", "latest")
 
 
+@register
 @dataclass(frozen=True)
 class PBT(Algorithm):
     """Greedy PBT: exploit a better member, explore its hyperparameters.
@@ -109,10 +111,13 @@ class PBT(Algorithm):
     def explore_config(self) -> ExploreConfig:
         return self.explore
 
-    def decide(self, snapshot: Snapshot, rng: np.random.Generator) -> list[Decision]:
-        return [
+    def decide(
+        self, snapshot: Snapshot, state: Any, rng: np.random.Generator
+    ) -> tuple[list[Decision], Any]:
+        decisions = [
             self.decide_member(snapshot, snapshot.workers[wid], rng, k=1) for wid in snapshot.ready
         ]
+        return decisions, state
 
     def decide_member(
         self,

@@ -87,7 +87,7 @@ def fire(**kw: Any) -> FirePBT:
 
 
 def decide(alg: FirePBT, s: Snapshot, seed: int = 0) -> list[Decision]:
-    return alg.decide(s, np.random.default_rng(seed))
+    return alg.decide(s, None, np.random.default_rng(seed))[0]
 
 
 def of(decisions: list[Decision], kind: type) -> list[Any]:
@@ -476,11 +476,16 @@ def test_no_evaluator_starts_on_a_finished_parent() -> None:
     assert not of(out, StartEvaluator)
 
 
-def test_smoothing_is_cached_across_calls() -> None:
+def test_smoothing_is_cached_across_calls_in_the_state() -> None:
     alg = fire(smoother="gp")
     e = evaluator(6, parent=3, child=0, curve=FAST[:11], trained=INTERVAL)
     s = snap(base_population(w6=e), ready=[6])
-    first = decide(alg, s)
-    misses = alg._smoother.misses
-    assert decide(alg, s) == first
-    assert alg._smoother.misses == misses and alg._smoother.hits > 0
+    rng = np.random.default_rng(0)
+    first, state = alg.decide(s, alg.init_state(alg.topology(), rng), rng)
+    misses = state.smoother.misses
+    again, state = alg.decide(s, state, np.random.default_rng(0))
+    assert again == first
+    assert state.smoother.misses == misses and state.smoother.hits > 0
+    # The memos are not saved: a resumed run rebuilds them, empty.
+    assert alg.save_state(state) == {}
+    assert alg.load_state({}).smoother.hits == 0
