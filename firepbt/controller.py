@@ -32,19 +32,20 @@ import numpy as np
 
 from firepbt.algorithms import Algorithm, algorithm_from_config
 from firepbt.algorithms.base import (
-    Continue,
-    Decision,
-    Exploit,
     FitnessTable,
-    GiveUp,
-    Replace,
-    SetFitness,
     Snapshot,
-    StartEvaluator,
-    StopEvaluator,
-    Transfer,
     WorkerView,
     require,
+)
+from firepbt.algorithms.effects import (
+    Annotate,
+    Continue,
+    Decision,
+    Effect,
+    GiveUp,
+    Overwrite,
+    Start,
+    Stop,
 )
 from firepbt.checkpoints import CheckpointDir, collectable, store_identity
 from firepbt.errors import ConfigError, ExperimentLocked, RunFailed
@@ -527,7 +528,7 @@ class Controller:
             else:
                 # An evaluator trains in its parent's steps and never past the run's end: a
                 # transfer of its weights would give a member more steps than the budget.
-                self._apply(StopEvaluator(wid, "end"))
+                self._retire(wid, "end")
             return
         end = min(w.step + self.config.interval, self.config.steps)
         seg = SegmentRecord(
@@ -697,8 +698,8 @@ class Controller:
         self.store.put_segment(replace(seg, status=SEG_FAILED, attempts=attempts, error=error))
         del self.segs[seg.id]
         del self._seg_of[seg.worker]
-        if w.role == EVALUATOR:
-            self._apply(StopEvaluator(w.id, "failed"))
+        if w.role != MEMBER:
+            self._retire(w.id, "failed")
         elif w.failures >= 2 * self.config.max_failures:
             # It failed again after a replacement from a donor: replacing it once more would
             # loop for ever on a task that cannot train it. It stays failed.
@@ -767,7 +768,7 @@ class Controller:
         decided: set[int] = set()
         for d in decisions:
             self._apply(d)
-            if not isinstance(d, SetFitness):
+            if d.settles:
                 decided.add(d.worker)
         for wid in ready:
             if wid not in decided:
@@ -793,101 +794,72 @@ class Controller:
     def _stop_all_evaluators(self) -> None:
         for e in self._evaluators:
             if self.workers[e].status == ACTIVE:
-                self._apply(StopEvaluator(e, "end"))
+                self._retire(e, "end")
 
-    def _apply(self, d: Decision) -> None:
+    def _retire(self, wid: int, reason: str) -> None:
+        """A worker that is not a member stops; how is the algorithm's decision."""
+        for d in self.algorithm.retire(self._views[wid], reason):
+            self._apply(d)
+
+    def _apply(self, decision: Decision) -> None:
+        for effect in decision.effects():
+            self._carry_out(effect)
+
+    def _carry_out(self, d: Effect) -> None:
         w = self.workers[d.worker]
         if isinstance(d, Continue):
             if w.status == ACTIVE and w.id not in self._seg_of:
                 self._schedule(w.id)
-        elif isinstance(d, Exploit):
-            donor_ckpt = self.store.checkpoint(d.donor_checkpoint)
-            if donor_ckpt.deleted or (
-                self.executor.writes_checkpoints and not Path(donor_ckpt.path).exists()
+        elif isinstance(d, Overwrite):
+            rec = self.store.checkpoint(d.checkpoint)
+            if rec.deleted or (
+                self.executor.writes_checkpoints and not Path(rec.path).exists()
             ):
                 # A pinned version should never be gone; if it is, skip rather than load garbage.
-                log.warning("worker %d: exploit of worker %d's checkpoint %d skipped: it is gone",
-                            w.id, d.donor, d.donor_checkpoint)
-                self._event("exploit_skipped", w.id, w.step, donor=d.donor,
-                            donor_checkpoint=d.donor_checkpoint,
+                log.warning("worker %d: %s of worker %d's checkpoint %d skipped: it is gone",
+                            w.id, d.kind, d.donor, d.checkpoint)
+                self._event(f"{d.kind}_skipped", w.id, w.step, donor=d.donor,
+                            donor_checkpoint=d.checkpoint,
                             info={"why": "donor checkpoint missing"})
-                self._apply(Continue(w.id))
+                self._carry_out(Continue(w.id))
                 return
-            crash_point("exploit.copy")
-            self._overwrite(w.id, d.donor_checkpoint, d.new_hparams, curve=[])
-            self._event(
-                "exploit", w.id, donor_ckpt.step, donor=d.donor,
-                donor_checkpoint=d.donor_checkpoint, old_hparams=w.hparams,
-                new_hparams=d.new_hparams,
-                info={"ops": dict(d.ops), "fitness": _num(d.fitness),
-                      "donor_fitness": _num(d.donor_fitness)},
-            )
+            crash_point(f"{d.kind}.copy")
+            # Work in flight trained weights that are gone now: void it.
+            self._cancel_segments(w.id)
+            self.executor.cancel(w.id)
+            hparams = w.hparams if d.hparams is None else d.hparams
+            curve = [] if d.curve_from is None else list(self.curves[d.curve_from])
+            self._overwrite(w.id, d.checkpoint, hparams, curve=curve)
+            self._event(d.kind, w.id, rec.step, donor=d.donor, donor_checkpoint=d.checkpoint,
+                        old_hparams=w.hparams, new_hparams=hparams, info=dict(d.info))
+            if w.status in (ACTIVE, DONE):
+                if w.status != ACTIVE:
+                    self.workers[w.id] = replace(self.workers[w.id], status=ACTIVE)
+                    self._touch(w.id)
+                self._schedule(w.id)
+        elif isinstance(d, Start):
+            rec = self.store.checkpoint(d.checkpoint)
+            crash_point(f"{w.role}.start")
+            self.workers[w.id] = replace(w, status=ACTIVE, hparams=dict(d.hparams),
+                                         subpop=d.subpop, info=dict(d.annotations))
+            self._overwrite(w.id, d.checkpoint, d.hparams, curve=[])
+            self._event(d.kind, w.id, rec.step, donor=d.donor, donor_checkpoint=d.checkpoint,
+                        new_hparams=d.hparams, info=dict(d.info))
             self._schedule(w.id)
-        elif isinstance(d, StartEvaluator):
-            parent_ckpt = self.store.checkpoint(d.parent_checkpoint)
-            crash_point("evaluator.start")
-            info = {
-                **dict(d.info),
-                "parent": d.parent,
-                "child": d.child,
-                "parent_overwrites": self.workers[d.parent].overwrites,
-                "child_overwrites": self.workers[d.child].overwrites,
-                "start_step": parent_ckpt.step,
-                "started_tick": self.tick,
-            }
-            self.workers[w.id] = replace(
-                w, status=ACTIVE, hparams=dict(d.hparams), subpop=self.workers[d.parent].subpop,
-                info=info,
-            )
-            self._overwrite(w.id, d.parent_checkpoint, d.hparams, curve=[])
-            parent = self.workers[d.parent]
-            self.workers[d.parent] = replace(
-                parent, info={**parent.info, "last_evaluated": self.tick}
-            )
-            self._touch(d.parent)
-            self._event("start_evaluator", w.id, parent_ckpt.step, donor=d.parent,
-                        donor_checkpoint=d.parent_checkpoint, new_hparams=d.hparams,
-                        info={"child": d.child})
-            self._schedule(w.id)
-        elif isinstance(d, StopEvaluator):
+        elif isinstance(d, Stop):
             self._cancel_segments(w.id)
             self.workers[w.id] = replace(w, status=IDLE)
             self._touch(w.id)
-            self._event("stop_evaluator", w.id, w.step,
-                        info={"reason": d.reason, "p_value": _num(d.p_value),
-                              "delta": _num(d.delta), **dict(w.info)})
-        elif isinstance(d, Transfer):
-            child = self.workers[d.child]
-            self._cancel_segments(child.id)
-            self.executor.cancel(child.id)
-            self._overwrite(child.id, d.checkpoint, child.hparams, curve=list(self.curves[w.id]))
-            self._event(
-                "transfer", child.id, self.store.checkpoint(d.checkpoint).step, donor=d.parent,
-                donor_checkpoint=d.checkpoint, old_hparams=child.hparams,
-                new_hparams=child.hparams,
-                info={"evaluator": w.id, "p_value": d.p_value, "delta": d.delta},
-            )
-            if child.status in (ACTIVE, DONE):
-                self.workers[child.id] = replace(self.workers[child.id], status=ACTIVE)
-                self._schedule(child.id)
-            self._apply(StopEvaluator(w.id, "success", d.p_value, d.delta))
-        elif isinstance(d, Replace):
-            self._overwrite(w.id, d.donor_checkpoint, d.new_hparams, curve=[])
-            self._event(
-                "replace", w.id, self.store.checkpoint(d.donor_checkpoint).step, donor=d.donor,
-                donor_checkpoint=d.donor_checkpoint, old_hparams=w.hparams,
-                new_hparams=d.new_hparams, info={"ops": dict(d.ops), "error": d.error},
-            )
-            self._schedule(w.id)
+            self._event(d.kind, w.id, w.step, info={**d.info, **w.info})
+        elif isinstance(d, Annotate):
+            self.workers[w.id] = replace(w, info={**w.info, **d.info})
+            self._touch(w.id)
         elif isinstance(d, GiveUp):
             self.workers[w.id] = replace(w, status=FAILED)
             self._touch(w.id)
             self._event("failed", w.id, w.step, info={"error": d.error})
-        elif isinstance(d, SetFitness):
-            self.workers[w.id] = replace(w, info={**w.info, "fire_fitness": _num(d.value)})
-            self._touch(w.id)
-        else:  # pragma: no cover - a new decision type without a handler is a bug
-            raise TypeError(f"unknown decision {d!r}")
+        else:  # pragma: no cover - a new effect without a handler is a bug
+            raise TypeError(f"unknown effect {d!r}")
 
     def _overwrite(
         self, wid: int, checkpoint: int, hparams: Mapping[str, Any], curve: list[float | None]

@@ -17,6 +17,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from firepbt.algorithms.effects import (  # noqa: F401 - re-exported for algorithms
+    Annotate,
+    Continue,
+    Decision,
+    Effect,
+    GiveUp,
+    Overwrite,
+    Start,
+    Stop,
+    json_number,
+)
 from firepbt.errors import ConfigError
 from firepbt.space import ExploreConfig, Space, explore
 from firepbt.states import EVALUATOR, MEMBER  # noqa: F401 - re-exported for algorithms
@@ -134,20 +145,7 @@ class FitnessTable:
 
 
 # --- decisions ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Base of every decision; ``worker`` is who it applies to."""
-
-    worker: int
-
-
-@dataclass(frozen=True)
-class Continue(Decision):
-    """Keep training with the current weights and hyperparameters."""
-
-    fitness: float | None = None
+# The generic effects live in ``effects``; below, the decisions PBT-style algorithms share.
 
 
 @dataclass(frozen=True)
@@ -161,42 +159,11 @@ class Exploit(Decision):
     fitness: float | None = None
     donor_fitness: float | None = None
 
-
-@dataclass(frozen=True)
-class StartEvaluator(Decision):
-    """FIRE: evaluator ``worker`` trains ``parent``'s weights with ``child``'s hparams (frozen)."""
-
-    parent: int
-    parent_checkpoint: int
-    child: int
-    hparams: Mapping[str, Any]
-    info: Mapping[str, Any] = field(default_factory=dict)  # merged into the evaluator's info
-
-
-@dataclass(frozen=True)
-class StopEvaluator(Decision):
-    """FIRE: free an evaluator.
-
-    ``reason``: no_overlap | p_value | overwritten | superseded | end | failed.
-    """
-
-    reason: str
-    p_value: float | None = None
-    delta: float | None = None
-
-
-@dataclass(frozen=True)
-class Transfer(Decision):
-    """FIRE success: ``child`` takes the evaluator's weights and curve, keeps its hparams.
-
-    ``worker`` is the evaluator; the evaluator stops after the transfer.
-    """
-
-    parent: int
-    child: int
-    checkpoint: int
-    p_value: float
-    delta: float
+    def effects(self) -> Sequence[Effect]:
+        info = {"ops": dict(self.ops), "fitness": json_number(self.fitness),
+                "donor_fitness": json_number(self.donor_fitness)}
+        return (Overwrite(self.worker, self.donor_checkpoint, self.donor, "exploit",
+                          self.new_hparams, info),)
 
 
 @dataclass(frozen=True)
@@ -209,19 +176,9 @@ class Replace(Decision):
     ops: Mapping[str, str]
     error: str
 
-
-@dataclass(frozen=True)
-class GiveUp(Decision):
-    """Failed member ``worker`` stays failed (nothing to restart it from)."""
-
-    error: str
-
-
-@dataclass(frozen=True)
-class SetFitness(Decision):
-    """Record a fitness value the algorithm computed (FIRE fitness) for the report."""
-
-    value: float | None
+    def effects(self) -> Sequence[Effect]:
+        return (Overwrite(self.worker, self.donor_checkpoint, self.donor, "replace",
+                          self.new_hparams, {"ops": dict(self.ops), "error": self.error}),)
 
 
 # --- algorithm base ------------------------------------------------------------------------
@@ -293,6 +250,12 @@ class Algorithm(ABC):
         new_hp, ops = explore(snapshot.space, donor.hparams, rng, self.explore_config())
         assert donor.checkpoint is not None
         return [Replace(worker, donor.id, donor.checkpoint, new_hp, ops, error)], state
+
+    def retire(self, worker: WorkerView, reason: str) -> list[Decision]:
+        """Decisions that stop a worker that is not a member, at the run's end (``reason``
+        "end": no member trains any more, or it reached the last step) or after it failed
+        persistently ("failed"). Default: it stops and goes idle (event ``stop``)."""
+        return [Stop(worker.id, "stop", {"reason": reason})]
 
     @abstractmethod
     def to_config(self) -> dict[str, Any]:

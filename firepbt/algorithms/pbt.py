@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import stats
 
 from firepbt.algorithms import register
 from firepbt.algorithms.base import (
@@ -212,6 +211,8 @@ class PBT(Algorithm):
             return True  # the member has no valid recent values: any valid rival is better
         if np.ptp(a) == 0 and np.ptp(b) == 0:
             return a[0] > b[0]
+        from scipy import stats  # here: importing the algorithms stays light for readers
+
         p = stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
         return bool(p < self.ttest_p)
 
