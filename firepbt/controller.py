@@ -24,13 +24,13 @@ from typing import Any
 from firepbt.algorithms import Algorithm
 from firepbt.algorithms.base import Snapshot
 from firepbt.algorithms.effects import Continue, GiveUp
-from firepbt.engine import experiment, failures
+from firepbt.engine import experiment, failures, settings
 from firepbt.engine.effects import Effects
 from firepbt.engine.lease import Lease, sigterm_as_interrupt
 from firepbt.engine.lease import holder_is_dead as _holder_is_dead  # noqa: F401 - for the CLI
 from firepbt.engine.retention import CheckpointFiles, Retention
-from firepbt.engine.settings import RunConfig, differences, stored_run, validate_run
-from firepbt.errors import ConfigError, RunFailed
+from firepbt.engine.settings import RunConfig, differences, validate_run
+from firepbt.errors import RunFailed
 from firepbt.executors.base import Executor
 from firepbt.faults import crash_point
 from firepbt.space import Space
@@ -77,17 +77,8 @@ class Controller:
         try:
             existing = store.experiment()
             info = dict(experiment_info or {}) if existing is None else existing
-            if existing is None:
-                if space is None or algorithm is None or config is None:
-                    raise ConfigError(
-                        f"store {store.url!r} holds no experiment: space, algorithm and "
-                        "config are needed to start one"
-                    )
-                validate_run(space, algorithm, config, initial)
-                self.space, self.algorithm, self.config = space, algorithm, config
-            else:
-                self.space, self.algorithm, self.config = stored_run(
-                    store.url, existing, task_ref, space, algorithm, config)
+            self.space, self.algorithm, self.config = settings.resolve(
+                store.url, existing, task_ref, space, algorithm, config, initial)
             self.metric = Metric.of(info.get("metric"))
             self.retention = Retention(store, CheckpointFiles(checkpoint_root),
                                        self.config.keep_checkpoints,
@@ -270,9 +261,9 @@ class Controller:
         elif action == failures.GIVE_UP:
             self.effects.apply(GiveUp(w.id, error))
         else:  # whom it restarts from is the algorithm's decision, committed with its state
-            decisions, self.state = self.algorithm.replace(
+            decisions, state = self.algorithm.replace(
                 self._snapshot((w.id,)), self.state, w.id, error, self.rng)
-            self._state_changed = True
+            self._new_state(state)
             for d in decisions:
                 self.effects.apply(d)
         # The failed segment may have been the last of a synchronous round: the workers that
@@ -310,8 +301,8 @@ class Controller:
         snapshot = self._snapshot(tuple(ready) + tuple(i for i in idle if i not in ready))
         pop.warn_if_no_valid_fitness(snapshot)
         try:
-            decisions, self.state = self.algorithm.decide(snapshot, self.state, self.rng)
-            self._state_changed = True
+            decisions, state = self.algorithm.decide(snapshot, self.state, self.rng)
+            self._new_state(state)
         except Exception:  # noqa: BLE001 - user code (a custom explore) must not end the run
             error = traceback.format_exc()
             log.warning("the algorithm failed to decide for workers %s; they continue: %s",
@@ -330,6 +321,11 @@ class Controller:
         crash_point("controller.after_decision")
         if pop.members_done:
             self.effects.retire_evaluators()
+
+    def _new_state(self, state: Any) -> None:
+        # Saved only when new (Optax style): a stateless algorithm writes nothing per commit.
+        self._state_changed |= state is not self.state
+        self.state = state
 
     def _persist(self) -> None:
         self.population.persist(self.store)

@@ -59,7 +59,8 @@ class Effects:
             if w.status == ACTIVE and not self.segments.busy(w.id):
                 self.schedule(w.id)
         elif isinstance(d, Overwrite):
-            if self.retention.gone(d.checkpoint):
+            rec = self.store.checkpoint(d.checkpoint)
+            if self.retention.gone(rec):
                 # A pinned version should never be gone; if it is, skip rather than load garbage.
                 log.warning("worker %d: %s of worker %d's checkpoint %d skipped: it is gone",
                             w.id, d.kind, d.donor, d.checkpoint)
@@ -72,7 +73,7 @@ class Effects:
             # Work in flight trains weights that are gone now: it is void.
             self.segments.cancel(w.id)
             self.executor.cancel(w.id)
-            step = self.store.checkpoint(d.checkpoint).step
+            step = rec.step
             hparams = w.hparams if d.hparams is None else d.hparams
             curve = [] if d.curve_from is None else list(pop.curves[d.curve_from])
             pop.overwrite(w.id, d.checkpoint, step, hparams, curve)

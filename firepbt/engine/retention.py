@@ -15,7 +15,7 @@ from pathlib import Path
 
 from firepbt.checkpoints import CheckpointDir, collectable, store_identity
 from firepbt.faults import crash_point
-from firepbt.store.base import LockHolder, Store
+from firepbt.store.base import CheckpointRecord, LockHolder, Store
 
 log = logging.getLogger("firepbt")
 
@@ -109,11 +109,9 @@ class Retention:
         rec = self.store.checkpoint(cid)  # collected: the worker's verify reports it missing
         return rec.path, rec.checksum
 
-    def gone(self, cid: int) -> bool:
-        """Whether checkpoint ``cid`` can no longer be loaded (collected, or its files lost)."""
-        if self.store.checkpoint(cid).deleted:
-            return True
-        return self.writes_checkpoints and not self.files.exists(cid)
+    def gone(self, rec: CheckpointRecord) -> bool:
+        """Whether checkpoint ``rec`` can no longer be loaded (collected, or its files lost)."""
+        return rec.deleted or (self.writes_checkpoints and not self.files.exists(rec.id))
 
     def drop_uncommitted(self, location: str) -> None:
         """Delete a checkpoint a stale result wrote, unless the store records it.

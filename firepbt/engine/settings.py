@@ -136,3 +136,23 @@ def stored_run(
             f"store {url!r} was created for task {existing.get('task')!r}, not {task_ref!r}"
         )
     return stored_space, stored_alg, stored_cfg
+
+
+def resolve(
+    url: str,
+    existing: Mapping[str, Any] | None,
+    task_ref: str | None,
+    space: Space | None,
+    algorithm: Algorithm | None,
+    config: RunConfig | None,
+    initial: Sequence[Mapping[str, Any]] | None,
+) -> tuple[Space, Algorithm, RunConfig]:
+    """The run's space, algorithm and settings: those given for a new experiment (validated
+    together), the stored ones (checked against those given) for an ``existing`` one."""
+    if existing is not None:
+        return stored_run(url, existing, task_ref, space, algorithm, config)
+    if space is None or algorithm is None or config is None:
+        raise ConfigError(f"store {url!r} holds no experiment: space, algorithm and config "
+                          "are needed to start one")
+    validate_run(space, algorithm, config, initial)
+    return space, algorithm, config
