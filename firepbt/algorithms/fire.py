@@ -30,6 +30,7 @@ from firepbt.algorithms.base import (
     Effect,
     Exploit,
     Overwrite,
+    Replace,
     Role,
     Snapshot,
     Start,
@@ -41,7 +42,7 @@ from firepbt.algorithms.base import (
     require_init,
 )
 from firepbt.algorithms.pbt import PBT
-from firepbt.space import ExploreConfig
+from firepbt.space import ExploreConfig, explore
 from firepbt.states import ACTIVE, IDLE
 
 SMOOTHERS = ("gp", "ema")
@@ -410,6 +411,30 @@ class FirePBT(Algorithm):
 
     def retire(self, worker: WorkerView, reason: str) -> list[Decision]:
         return [StopEvaluator(worker.id, reason)]
+
+    def replace(
+        self, snapshot: Snapshot, state: Any, worker: int, error: str, rng: np.random.Generator
+    ) -> tuple[list[Decision], Any]:
+        """A persistently failed member restarts from a peer of its sub-population: in P1 the
+        best by task fitness (the default), in P2..Pn the best by FIRE fitness, which is what
+        ranks those sub-populations (the task fitness only where no peer has a FIRE fitness
+        yet). Its own FIRE fitness described the lost weights and is cleared."""
+        me = snapshot.workers[worker]
+        if me.subpop == 1:
+            return super().replace(snapshot, state, worker, error, rng)
+        peers = [
+            (value, p) for p in snapshot.subpop(me.subpop)
+            if p.id != worker and p.checkpoint is not None and p.status in (ACTIVE, "done")
+            and (value := MemberRecord.of(p).fire_fitness) is not None and math.isfinite(value)
+        ]
+        if not peers:
+            decisions, state = super().replace(snapshot, state, worker, error, rng)
+        else:
+            _, donor = max(peers, key=lambda vp: (vp[0], -vp[1].id))
+            new_hp, ops = explore(snapshot.space, donor.hparams, rng, self.explore_config())
+            assert donor.checkpoint is not None
+            decisions = [Replace(worker, donor.id, donor.checkpoint, new_hp, ops, error)]
+        return [SetFitness(worker, None), *decisions], state
 
     def to_config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}

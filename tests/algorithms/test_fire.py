@@ -18,6 +18,7 @@ from firepbt.algorithms.base import (
     Continue,
     Decision,
     Exploit,
+    Replace,
     Role,
     Snapshot,
     WorkerView,
@@ -548,3 +549,27 @@ def test_a_transfer_overwrites_the_child_with_the_evaluator_curve_then_stops_it(
     assert stop == Stop(6, "stop_evaluator",
                         {"reason": "success", "p_value": 0.001, "delta": 0.5})
     assert fire().retire(idle(7), "end") == [StopEvaluator(7, "end")]
+
+
+# --- replacing a persistently failed member --------------------------------------------------
+
+
+def test_a_failed_parent_restarts_from_the_best_peer_by_fire_fitness() -> None:
+    # By task fitness 5 is P2's best peer; by FIRE fitness, which ranks P2, it is 4.
+    workers = base_population(
+        w3=member(3, 2, (0.0,), info={"fire_fitness": 0.9}),
+        w4=member(4, 2, (0.1,), info={"fire_fitness": 2.0}),
+        w5=member(5, 2, (5.0,), info={"fire_fitness": -1.0}),
+    )
+    s = snap(workers, ready=[3])
+    out, _ = fire().replace(s, None, 3, "boom", np.random.default_rng(0))
+    clear, rep = out
+    assert clear == SetFitness(3, None)  # it described the lost weights
+    assert isinstance(rep, Replace) and (rep.donor, rep.donor_checkpoint) == (4, 104)
+    # Without any FIRE fitness in P2 the task fitness decides, as in P1.
+    plain = base_population(w3=member(3, 2, (0.0,)), w4=member(4, 2, (0.1,)),
+                            w5=member(5, 2, (5.0,)))
+    _, rep = fire().replace(snap(plain, [3]), None, 3, "boom", np.random.default_rng(0))[0]
+    assert isinstance(rep, Replace) and rep.donor == 5
+    (p1,) = fire().replace(snap(workers, [1]), None, 1, "boom", np.random.default_rng(0))[0]
+    assert isinstance(p1, Replace) and p1.donor == 0  # P1: the best task fitness
