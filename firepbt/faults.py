@@ -45,9 +45,12 @@ KNOWN_CRASH_POINTS: tuple[str, ...] = (
     "worker.mid_segment",
     # worker: training done, the checkpoint is about to be saved
     "worker.before_save",
-    # exploit: copying (or linking) the donor's checkpoint
+    # an Overwrite effect of kind <kind> ("exploit", "transfer", "replace"): the donor
+    # checkpoint is found, the worker is not yet pointed at it
     "exploit.copy",
-    # FIRE evaluator: an evaluator is starting its first segment
+    "transfer.copy",
+    "replace.copy",
+    # a Start effect of a worker with role <role> (FIRE's evaluators): it is starting
     "evaluator.start",
 )
 

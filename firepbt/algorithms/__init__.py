@@ -1,20 +1,49 @@
-"""Pure decision logic: PBT, PB2, FIRE PBT, random search."""
+"""Pure decision logic: PBT, PB2, FIRE PBT, random search.
+
+Algorithms are found by name in a small registry, so that adding one is one file (its class
+decorated with :func:`register`) plus its tests; ``algorithm_from_config`` rebuilds a stored
+algorithm through it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import Any, TypeVar
 
 from firepbt.algorithms.base import Algorithm
-from firepbt.algorithms.pbt import PBT
-from firepbt.algorithms.random_search import RandomSearch
 from firepbt.errors import ConfigError
 from firepbt.space import ExploreConfig
+
+A = TypeVar("A", bound=type[Algorithm])
+
+REGISTRY: dict[str, type[Algorithm]] = {}
+# Built-ins whose modules are heavy to import (scikit-learn) register on first use.
+_LAZY = {"pb2": "firepbt.algorithms.pb2", "fire": "firepbt.algorithms.fire"}
+
+
+def register(cls: A) -> A:
+    """Class decorator: make ``cls`` findable by its ``name`` (a stored config names it)."""
+    name = cls.name
+    known = REGISTRY.get(name)
+    if known is not None and known is not cls:
+        raise ConfigError(
+            f"algorithm name {name!r}: already registered by {known.__module__}."
+            f"{known.__qualname__}; names must be unique"
+        )
+    REGISTRY[name] = cls
+    return cls
 
 
 def algorithm_from_config(cfg: dict[str, Any]) -> Algorithm:
     """Rebuild an algorithm from ``Algorithm.to_config()`` (used on resume)."""
     cfg = dict(cfg)
     name = cfg.pop("name", None)
+    if isinstance(name, str) and name not in REGISTRY and name in _LAZY:
+        importlib.import_module(_LAZY[name])
+    cls = REGISTRY.get(name) if isinstance(name, str) else None
+    if cls is None:
+        known = ", ".join(sorted(set(REGISTRY) | set(_LAZY)))
+        raise ConfigError(f"algorithm {name!r}: unknown; expected one of {known}")
     if "explore" in cfg:
         ex = dict(cfg["explore"])
         ex["ray_factors"] = tuple(ex.get("ray_factors", (1.2, 0.8)))
@@ -23,19 +52,11 @@ def algorithm_from_config(cfg: dict[str, Any]) -> Algorithm:
 
             ex["custom"] = load_object(ex["custom"])
         cfg["explore"] = ExploreConfig(**ex)
-    if name == "pbt":
-        return PBT(**cfg)
-    if name == "random":
-        return RandomSearch(**cfg)
-    if name == "pb2":
-        from firepbt.algorithms.pb2 import PB2
-
-        return PB2(**cfg)
-    if name == "fire":
-        from firepbt.algorithms.fire import FirePBT
-
-        return FirePBT(**cfg)
-    raise ConfigError(f"algorithm {name!r}: unknown; expected one of pbt, pb2, fire, random")
+    return cls.from_config(cfg)
 
 
-__all__ = ["PBT", "Algorithm", "RandomSearch", "algorithm_from_config"]
+# The light built-ins register themselves on import (after the registry exists).
+from firepbt.algorithms.pbt import PBT  # noqa: E402
+from firepbt.algorithms.random_search import RandomSearch  # noqa: E402
+
+__all__ = ["PBT", "REGISTRY", "Algorithm", "RandomSearch", "algorithm_from_config", "register"]

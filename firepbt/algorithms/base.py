@@ -1,8 +1,10 @@
 """What algorithms see (snapshots) and what they return (decisions).
 
-Algorithms are pure: ``decide(snapshot, rng) -> list[Decision]``. They never touch the store,
-files, clocks or the controller. The controller builds the snapshot, calls ``decide`` and
-carries the decisions out, recording each as a lineage event.
+Algorithms are pure, with explicit state (Optax style): ``init_state(topology, rng) ->
+state`` and ``decide(snapshot, state, rng) -> (decisions, state)``. They never touch the store,
+files, clocks or the controller. The controller builds the snapshot, calls ``decide``, carries the
+decisions out (recording each as a lineage event) and commits the new state in the same store
+transaction as the decisions and the random generator.
 """
 
 from __future__ import annotations
@@ -15,8 +17,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from firepbt.algorithms.effects import (  # noqa: F401 - re-exported for algorithms
+    Annotate,
+    Continue,
+    Decision,
+    Effect,
+    GiveUp,
+    Overwrite,
+    Start,
+    Stop,
+    json_number,
+)
 from firepbt.errors import ConfigError
-from firepbt.space import ExploreConfig, Space
+from firepbt.space import ExploreConfig, Space, explore
 from firepbt.states import EVALUATOR, MEMBER  # noqa: F401 - re-exported for algorithms
 
 
@@ -132,20 +145,7 @@ class FitnessTable:
 
 
 # --- decisions ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Base of every decision; ``worker`` is who it applies to."""
-
-    worker: int
-
-
-@dataclass(frozen=True)
-class Continue(Decision):
-    """Keep training with the current weights and hyperparameters."""
-
-    fitness: float | None = None
+# The generic effects live in ``effects``; below, the decisions PBT-style algorithms share.
 
 
 @dataclass(frozen=True)
@@ -159,49 +159,26 @@ class Exploit(Decision):
     fitness: float | None = None
     donor_fitness: float | None = None
 
-
-@dataclass(frozen=True)
-class StartEvaluator(Decision):
-    """FIRE: evaluator ``worker`` trains ``parent``'s weights with ``child``'s hparams (frozen)."""
-
-    parent: int
-    parent_checkpoint: int
-    child: int
-    hparams: Mapping[str, Any]
-    info: Mapping[str, Any] = field(default_factory=dict)  # merged into the evaluator's info
+    def effects(self) -> Sequence[Effect]:
+        info = {"ops": dict(self.ops), "fitness": json_number(self.fitness),
+                "donor_fitness": json_number(self.donor_fitness)}
+        return (Overwrite(self.worker, self.donor_checkpoint, self.donor, "exploit",
+                          self.new_hparams, info),)
 
 
 @dataclass(frozen=True)
-class StopEvaluator(Decision):
-    """FIRE: free an evaluator.
+class Replace(Decision):
+    """Restart failed member ``worker`` from ``donor``'s checkpoint with explored hparams."""
 
-    ``reason``: no_overlap | p_value | overwritten | superseded | end | failed.
-    """
+    donor: int
+    donor_checkpoint: int
+    new_hparams: Mapping[str, Any]
+    ops: Mapping[str, str]
+    error: str
 
-    reason: str
-    p_value: float | None = None
-    delta: float | None = None
-
-
-@dataclass(frozen=True)
-class Transfer(Decision):
-    """FIRE success: ``child`` takes the evaluator's weights and curve, keeps its hparams.
-
-    ``worker`` is the evaluator; the evaluator stops after the transfer.
-    """
-
-    parent: int
-    child: int
-    checkpoint: int
-    p_value: float
-    delta: float
-
-
-@dataclass(frozen=True)
-class SetFitness(Decision):
-    """Record a fitness value the algorithm computed (FIRE fitness) for the report."""
-
-    value: float | None
+    def effects(self) -> Sequence[Effect]:
+        return (Overwrite(self.worker, self.donor_checkpoint, self.donor, "replace",
+                          self.new_hparams, {"ops": dict(self.ops), "error": self.error}),)
 
 
 # --- algorithm base ------------------------------------------------------------------------
@@ -216,7 +193,12 @@ class Role:
 
 
 class Algorithm(ABC):
-    """A population-training algorithm: topology plus a pure ``decide``."""
+    """A population-training algorithm: topology plus a pure ``decide`` over explicit state.
+
+    The state is whatever ``init_state`` returns (not ``init``: that name is the starting-point
+    setting of every stored algorithm config); ``save_state`` turns it into JSON (committed
+    with every decision) and ``load_state`` back (on resume). The default state is ``None``.
+    """
 
     name: ClassVar[str]
 
@@ -224,13 +206,65 @@ class Algorithm(ABC):
     def topology(self) -> list[Role]:
         """The workers to create, in id order."""
 
+    def init_state(self, topology: Sequence[Role], rng: np.random.Generator) -> Any:
+        """The state before the first decision (default: none).
+
+        Called once when the experiment is created, after the starting hyperparameters are
+        drawn; a resumed run loads the committed state instead.
+        """
+        return None
+
     @abstractmethod
-    def decide(self, snapshot: Snapshot, rng: np.random.Generator) -> list[Decision]:
-        """Decisions for the ready workers (and idle evaluators)."""
+    def decide(
+        self, snapshot: Snapshot, state: Any, rng: np.random.Generator
+    ) -> tuple[list[Decision], Any]:
+        """Decisions for the ready workers (and idle evaluators), and the new state."""
+
+    def save_state(self, state: Any) -> Any:
+        """The state as JSON (default: the state itself, which must then be JSON)."""
+        return state
+
+    def load_state(self, data: Any) -> Any:
+        """The inverse of ``save_state``."""
+        return data
+
+    def replace(
+        self, snapshot: Snapshot, state: Any, worker: int, error: str, rng: np.random.Generator
+    ) -> tuple[list[Decision], Any]:
+        """Decisions for member ``worker`` that failed persistently (its last error: ``error``).
+
+        Default: restart it from the peer of its sub-population with the best latest task
+        fitness, with that peer's hyperparameters explored (a ``Replace``); with no such peer it
+        stays failed (``GiveUp``). Algorithms that rank a sub-population by something other
+        than the task metric override this.
+        """
+        me = snapshot.workers[worker]
+        peers = [
+            p for p in snapshot.subpop(me.subpop)
+            if p.id != worker and p.checkpoint is not None and p.status in ("active", "done")
+            and p.last_metric() is not None
+        ]
+        if not peers:
+            return [GiveUp(worker, error)], state
+        donor = max(peers, key=lambda p: (p.last_metric(), -p.id))
+        new_hp, ops = explore(snapshot.space, donor.hparams, rng, self.explore_config())
+        assert donor.checkpoint is not None
+        return [Replace(worker, donor.id, donor.checkpoint, new_hp, ops, error)], state
+
+    def retire(self, worker: WorkerView, reason: str) -> list[Decision]:
+        """Decisions that stop a worker that is not a member, at the run's end (``reason``
+        "end": no member trains any more, or it reached the last step) or after it failed
+        persistently ("failed"). Default: it stops and goes idle (event ``stop``)."""
+        return [Stop(worker.id, "stop", {"reason": reason})]
 
     @abstractmethod
     def to_config(self) -> dict[str, Any]:
         """JSON-able settings; ``algorithm_from_config`` rebuilds an equal algorithm."""
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Algorithm:
+        """Rebuild from ``to_config()`` without its ``name`` (explore already converted)."""
+        return cls(**cfg)
 
     def explore_config(self) -> ExploreConfig:
         """The explore settings (algorithms with explore override)."""

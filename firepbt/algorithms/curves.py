@@ -25,10 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from scipy.stats import binom
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import RBF, WhiteKernel
 
 from firepbt.errors import ConfigError
 
@@ -237,7 +233,11 @@ class GPSmoother:
                 return m
             m = nxt
 
-    def _fit(self, y: np.ndarray, kernel: Any, optimize: bool) -> GaussianProcessRegressor:
+    def _fit(self, y: np.ndarray, kernel: Any, optimize: bool) -> Any:
+        # Imported here: readers of FIRE's records (report, dashboard) need no scikit-learn.
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.gaussian_process import GaussianProcessRegressor
+
         x = (np.arange(y.size, dtype=float) / y.size)[:, None]
         model = GaussianProcessRegressor(
             kernel, normalize_y=True, random_state=0,
@@ -257,6 +257,8 @@ class GPSmoother:
             return y.copy()
         if self.fit == "grid":
             return self.grid_fit(y)[2]
+        from sklearn.gaussian_process.kernels import RBF, WhiteKernel
+
         # Bounds are wide (length scales below the point spacing up to ~constant curves).
         start = RBF(self.length_scale, (1e-2, 1e3)) + WhiteKernel(self.noise_level, (1e-8, 1e1))
         m = self._fit_length(y.size)
@@ -660,6 +662,8 @@ def _sign_test(evaluator: _Curve, child: _Curve) -> float | None:
     window_c = child.raw[found.j : found.j + found.length]
     wins = int(np.count_nonzero(window_e > window_c))
     # P[Binomial(L, 1/2) >= wins] = sf(wins - 1).
+    from scipy.stats import binom  # here: readers of FIRE's records need no scipy
+
     return float(binom.sf(wins - 1, found.length, 0.5))
 
 

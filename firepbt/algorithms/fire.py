@@ -19,27 +19,30 @@ from typing import Any, ClassVar, cast
 
 import numpy as np
 
-from firepbt.algorithms import curves
+from firepbt.algorithms import curves, register
 from firepbt.algorithms.base import (
     EVALUATOR,
     MEMBER,
     Algorithm,
+    Annotate,
     Continue,
     Decision,
+    Effect,
     Exploit,
+    Overwrite,
+    Replace,
     Role,
-    SetFitness,
     Snapshot,
-    StartEvaluator,
-    StopEvaluator,
-    Transfer,
+    Start,
+    Stop,
     WorkerView,
     fitness_of,
+    json_number,
     require,
     require_init,
 )
 from firepbt.algorithms.pbt import PBT
-from firepbt.space import ExploreConfig
+from firepbt.space import ExploreConfig, explore
 from firepbt.states import ACTIVE, IDLE
 
 SMOOTHERS = ("gp", "ema")
@@ -47,10 +50,169 @@ FITNESS_SCORES = ("improvement", "time_to_climb")
 # Default split of the worker budget (spec section 3): evaluators take ~28 %, the members
 # share the rest evenly (8 + 8 + 6 for 22 workers).
 EVALUATOR_SHARE = 0.28
-# Evaluator info key: its child was drawn at random because P(k-1) had no fitness yet.
+# Evaluator record key: its child was drawn at random because P(k-1) had no fitness yet.
 RANDOM_CHILD = "random_child"
 
 
+# --- FIRE's bookkeeping: typed records kept in the workers' annotations ---------------------
+
+
+@dataclass(frozen=True)
+class EvaluatorRecord:
+    """What an evaluator evaluates: ``parent``'s weights with ``child``'s hyperparameters.
+
+    ``*_overwrites`` are the parent's and child's weight versions when it started (the fence
+    of stop 3); ``start_step`` the step its curve begins at; ``started_tick`` the decision
+    round it started in; ``random_child``: the child was drawn at random (P(k-1) had no
+    fitness yet), so that later level-k evaluators share it. Stored as the evaluator's
+    annotations (JSON, the keys below) and written into its ``stop_evaluator`` events.
+    """
+
+    parent: int
+    child: int
+    parent_overwrites: int
+    child_overwrites: int
+    start_step: int
+    started_tick: int
+    random_child: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {RANDOM_CHILD: True} if self.random_child else {}
+        out.update(parent=self.parent, child=self.child,
+                   parent_overwrites=self.parent_overwrites,
+                   child_overwrites=self.child_overwrites, start_step=self.start_step,
+                   started_tick=self.started_tick)
+        return out
+
+    @staticmethod
+    def from_json(info: Mapping[str, Any]) -> EvaluatorRecord:
+        return EvaluatorRecord(
+            int(info["parent"]), int(info["child"]), int(info["parent_overwrites"]),
+            int(info["child_overwrites"]), int(info["start_step"]), int(info["started_tick"]),
+            info.get(RANDOM_CHILD) is True,
+        )
+
+    @staticmethod
+    def of(w: WorkerView) -> EvaluatorRecord:
+        return EvaluatorRecord.from_json(w.info)
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """FIRE's view of a member of P2..Pn: its FIRE fitness (None: none, or stale since its
+    weights changed) and the decision round it was last chosen as a parent (-1: never)."""
+
+    fire_fitness: float | None = None
+    last_evaluated: int = -1
+
+    @staticmethod
+    def from_json(info: Mapping[str, Any]) -> MemberRecord:
+        fitness = info.get("fire_fitness")
+        return MemberRecord(None if fitness is None else float(fitness),
+                            int(info.get("last_evaluated", -1)))
+
+    @staticmethod
+    def of(w: WorkerView) -> MemberRecord:
+        return MemberRecord.from_json(w.info)
+
+    @staticmethod
+    def fitness_json(value: float | None) -> dict[str, Any]:
+        """The annotation that sets a member's FIRE fitness."""
+        return {"fire_fitness": json_number(value)}
+
+    @staticmethod
+    def evaluated_json(tick: int) -> dict[str, Any]:
+        """The annotation that records a member was chosen as a parent in round ``tick``."""
+        return {"last_evaluated": tick}
+
+
+# --- FIRE's decisions: each names the generic effects that carry it out ----------------------
+
+
+@dataclass(frozen=True)
+class StartEvaluator(Decision):
+    """Evaluator ``worker`` trains ``parent``'s weights with ``child``'s hparams (frozen)."""
+
+    parent: int
+    parent_checkpoint: int
+    child: int
+    hparams: Mapping[str, Any]
+    record: EvaluatorRecord
+    subpop: int
+
+    def effects(self) -> Sequence[Effect]:
+        return (
+            Start(self.worker, self.parent_checkpoint, self.parent, self.hparams, self.subpop,
+                  "start_evaluator", self.record.to_json(), {"child": self.child}),
+            Annotate(self.parent, MemberRecord.evaluated_json(self.record.started_tick)),
+        )
+
+
+@dataclass(frozen=True)
+class StopEvaluator(Decision):
+    """Free an evaluator.
+
+    ``reason``: no_overlap | p_value | overwritten | superseded | success | end | failed.
+    """
+
+    reason: str
+    p_value: float | None = None
+    delta: float | None = None
+
+    def effects(self) -> Sequence[Effect]:
+        info = {"reason": self.reason, "p_value": json_number(self.p_value),
+                "delta": json_number(self.delta)}
+        return (Stop(self.worker, "stop_evaluator", info),)
+
+
+@dataclass(frozen=True)
+class Transfer(Decision):
+    """FIRE success: ``child`` takes the evaluator's weights and curve, keeps its hparams.
+
+    ``worker`` is the evaluator; it stops after the transfer.
+    """
+
+    parent: int
+    child: int
+    checkpoint: int
+    p_value: float
+    delta: float
+
+    def effects(self) -> Sequence[Effect]:
+        info = {"evaluator": self.worker, "p_value": self.p_value, "delta": self.delta}
+        return (
+            Overwrite(self.child, self.checkpoint, self.parent, "transfer", None, info,
+                      curve_from=self.worker),
+            *StopEvaluator(self.worker, "success", self.p_value, self.delta).effects(),
+        )
+
+
+@dataclass(frozen=True)
+class SetFitness(Decision):
+    """Record the FIRE fitness of a member of P2..Pn (None clears it)."""
+
+    value: float | None
+    settles: ClassVar[bool] = False
+
+    def effects(self) -> Sequence[Effect]:
+        return (Annotate(self.worker, MemberRecord.fitness_json(self.value)),)
+
+
+@dataclass
+class FireState:
+    """FIRE's state between decisions: memos of smoothed curves and pair scores.
+
+    Pure caches (an evaluator's curve grows by a few points per event while FIRE re-scores all
+    of a sub-population's curves, so most look-ups hit): they are not saved, and a resumed run
+    starts them empty (``FirePBT.load_state``). FIRE's bookkeeping of who evaluates whom lives
+    in the workers' annotations (:class:`EvaluatorRecord`, :class:`MemberRecord`).
+    """
+
+    smoother: curves.CachedSmoother
+    pairs: curves.PairMemo
+
+
+@register
 @dataclass(frozen=True)
 class FirePBT(Algorithm):
     """FIRE PBT: sub-populations linked by evaluators that measure improvement rates.
@@ -168,9 +330,6 @@ class FirePBT(Algorithm):
             _is_int(self.min_points) and self.min_points >= 1,
             f"min_points={self.min_points!r}: must be an integer >= 1",
         )
-        # Not a dataclass field: the cache is state, not a setting, and must not take part in
-        # equality, hashing or the stored config. Every curve grows by a few points per event
-        # while FIRE re-scores all of a sub-population's curves, so most calls are hits.
         require(
             isinstance(self.gp_refit_growth, int | float)
             and math.isfinite(self.gp_refit_growth) and self.gp_refit_growth >= 1.0,
@@ -180,16 +339,6 @@ class FirePBT(Algorithm):
             self.gp_fit in curves.GP_FITS,
             f"gp_fit={self.gp_fit!r}: must be one of {', '.join(curves.GP_FITS)}",
         )
-        base: curves.Smoother
-        base = (
-            curves.GPSmoother(refit_growth=self.gp_refit_growth, fit=self.gp_fit)
-            if self.smoother == "gp"
-            else curves.EMASmoother()
-        )
-        object.__setattr__(self, "_smooth", curves.CachedSmoother(base))
-        object.__setattr__(self, "_pairs", curves.PairMemo())
-        object.__setattr__(self, "_sizes", sizes)
-        object.__setattr__(self, "_n_eval", n_eval)
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -218,12 +367,12 @@ class FirePBT(Algorithm):
     @property
     def sizes(self) -> tuple[int, ...]:
         """Resolved member counts |P1|..|Pn|."""
-        return self._sizes  # type: ignore[attr-defined]
+        return self._split()[0]
 
     @property
     def n_evaluators(self) -> int:
         """Resolved evaluator count."""
-        return self._n_eval  # type: ignore[attr-defined]
+        return self._split()[1]
 
     def max_eval_steps(self, interval: int) -> int:
         """An evaluator's training budget in steps (at least one interval)."""
@@ -260,6 +409,33 @@ class FirePBT(Algorithm):
     def explore_config(self) -> ExploreConfig:
         return self.pbt.explore
 
+    def retire(self, worker: WorkerView, reason: str) -> list[Decision]:
+        return [StopEvaluator(worker.id, reason)]
+
+    def replace(
+        self, snapshot: Snapshot, state: Any, worker: int, error: str, rng: np.random.Generator
+    ) -> tuple[list[Decision], Any]:
+        """A persistently failed member restarts from a peer of its sub-population: in P1 the
+        best by task fitness (the default), in P2..Pn the best by FIRE fitness, which is what
+        ranks those sub-populations (the task fitness only where no peer has a FIRE fitness
+        yet). Its own FIRE fitness described the lost weights and is cleared."""
+        me = snapshot.workers[worker]
+        if me.subpop == 1:
+            return super().replace(snapshot, state, worker, error, rng)
+        peers = [
+            (value, p) for p in snapshot.subpop(me.subpop)
+            if p.id != worker and p.checkpoint is not None and p.status in (ACTIVE, "done")
+            and (value := MemberRecord.of(p).fire_fitness) is not None and math.isfinite(value)
+        ]
+        if not peers:
+            decisions, state = super().replace(snapshot, state, worker, error, rng)
+        else:
+            _, donor = max(peers, key=lambda vp: (vp[0], -vp[1].id))
+            new_hp, ops = explore(snapshot.space, donor.hparams, rng, self.explore_config())
+            assert donor.checkpoint is not None
+            decisions = [Replace(worker, donor.id, donor.checkpoint, new_hp, ops, error)]
+        return [SetFitness(worker, None), *decisions], state
+
     def to_config(self) -> dict[str, Any]:
         cfg: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         cfg["pbt"] = {k: v for k, v in self.pbt.to_config().items() if k != "name"}
@@ -267,13 +443,35 @@ class FirePBT(Algorithm):
             cfg["subpop_sizes"] = list(self.subpop_sizes)
         return {"name": self.name, **cfg}
 
+    # -- state ---------------------------------------------------------------------------------
+
+    def init_state(self, topology: Sequence[Role], rng: np.random.Generator) -> FireState:
+        """Empty memos (nothing is drawn from ``rng``)."""
+        base: curves.Smoother
+        base = (
+            curves.GPSmoother(refit_growth=self.gp_refit_growth, fit=self.gp_fit)
+            if self.smoother == "gp"
+            else curves.EMASmoother()
+        )
+        return FireState(curves.CachedSmoother(base), curves.PairMemo())
+
+    def save_state(self, state: FireState) -> dict[str, Any]:
+        return {}  # memos only: rebuilt from the curves on demand
+
+    def load_state(self, data: Any) -> FireState:
+        return self.init_state(self.topology(), np.random.default_rng(0))
+
     # -- decisions ----------------------------------------------------------------------------
 
-    def decide(self, snapshot: Snapshot, rng: np.random.Generator) -> list[Decision]:
+    def decide(
+        self, snapshot: Snapshot, state: FireState | None, rng: np.random.Generator
+    ) -> tuple[list[Decision], FireState]:
         """Judge evaluators, exploit/explore members, stop stale evaluators, assign free ones."""
+        if state is None:
+            state = self.init_state(self.topology(), rng)
         views = snapshot.workers
         ready = [views[i] for i in snapshot.ready]
-        round_ = _Round()
+        round_ = _Round(state)
         self._judge(
             snapshot, [w for w in ready if w.role == EVALUATOR and w.status == ACTIVE], round_
         )
@@ -284,13 +482,14 @@ class FirePBT(Algorithm):
         starts = self._assign(snapshot, sorted(set(free)), rng, round_)
         # Application order matters to the controller: an evaluator is stopped before it is
         # restarted, and a parent is overwritten before an evaluator records its version.
-        return [
+        decisions = [
             *round_.fitness,
             *round_.evaluators.values(),
             *round_.members,
             *round_.cleared,
             *starts,
         ]
+        return decisions, state
 
     def _judge(self, snapshot: Snapshot, ready: list[WorkerView], round_: _Round) -> None:
         """Stops 1-3 and successes of the ready evaluators; one success per child."""
@@ -298,17 +497,18 @@ class FirePBT(Algorithm):
         max_steps = self.max_eval_steps(snapshot.interval)
         successes: dict[int, list[tuple[WorkerView, curves.Judgement]]] = {}
         for e in ready:
-            parent, child = views[e.info["parent"]], views[e.info["child"]]
-            if _overwritten_since_start(e, parent, child):
+            rec = EvaluatorRecord.of(e)
+            parent, child = views[rec.parent], views[rec.child]
+            if _overwritten_since_start(rec, parent, child):
                 round_.evaluators[e.id] = StopEvaluator(e.id, "overwritten")
                 continue
             verdict = curves.judge(
                 e.curve,
                 child.curve,
-                e.step - int(e.info["start_step"]),
+                e.step - rec.start_step,
                 max_steps,
                 self.p_stat,
-                self._smoother,
+                round_.state.smoother,
                 self.min_points,
                 self._score,
             )
@@ -332,13 +532,13 @@ class FirePBT(Algorithm):
             assert best.checkpoint is not None and verdict.p_value is not None
             round_.evaluators[best.id] = Transfer(
                 best.id,
-                int(best.info["parent"]),
+                EvaluatorRecord.of(best).parent,
                 child_id,
                 best.checkpoint,
                 verdict.p_value,
                 verdict.delta,
             )
-            round_.overwritten[child_id] = best.checkpoint
+            round_.overwritten[child_id] = (best.checkpoint, best.step)
             for e, lost in losers:
                 round_.evaluators[e.id] = StopEvaluator(
                     e.id, "superseded", lost.p_value, lost.delta
@@ -373,7 +573,8 @@ class FirePBT(Algorithm):
                 decision = self.pbt.decide_member(snapshot, m, rng, k, fitness=ranked)
             round_.members.append(decision)
             if isinstance(decision, Exploit):
-                round_.overwritten[m.id] = decision.donor_checkpoint
+                donor = snapshot.workers[decision.donor]
+                round_.overwritten[m.id] = (decision.donor_checkpoint, donor.step)
         # A FIRE fitness describes weights that are now gone: clear it so that an overwritten
         # member is not picked as a child on a stale value.
         round_.cleared = [
@@ -389,14 +590,15 @@ class FirePBT(Algorithm):
         for e in snapshot.subpop(k, role=EVALUATOR):
             if e.status != ACTIVE:
                 continue
-            parent = views[e.info["parent"]]
-            if parent.overwrites != e.info["parent_overwrites"] or parent.id in round_.overwritten:
+            rec = EvaluatorRecord.of(e)
+            parent = views[rec.parent]
+            if parent.overwrites != rec.parent_overwrites or parent.id in round_.overwritten:
                 continue
             # An evaluator that has barely started carries no information yet.
             if curves.valid_points(e.curve).size >= self.min_points:
                 evaluated[parent.id] = e.curve
         return curves.fire_fitness(
-            evaluated, self._smoother, self._score, self._pairs  # type: ignore[attr-defined]
+            evaluated, round_.state.smoother, self._score, round_.state.pairs
         )
 
     def _fence(self, snapshot: Snapshot, round_: _Round) -> None:
@@ -408,9 +610,10 @@ class FirePBT(Algorithm):
             current = round_.evaluators.get(e.id)
             if current is not None and not isinstance(current, Continue):
                 continue
-            parent, child = views[e.info["parent"]], views[e.info["child"]]
+            rec = EvaluatorRecord.of(e)
+            parent, child = views[rec.parent], views[rec.child]
             if (
-                _overwritten_since_start(e, parent, child)
+                _overwritten_since_start(rec, parent, child)
                 or parent.id in round_.overwritten
                 or child.id in round_.overwritten
             ):
@@ -428,7 +631,7 @@ class FirePBT(Algorithm):
             return []
         views = snapshot.workers
         busy = {
-            int(e.info["parent"])
+            EvaluatorRecord.of(e).parent
             for e in views.values()
             if e.role == EVALUATOR
             and e.status == ACTIVE
@@ -449,7 +652,7 @@ class FirePBT(Algorithm):
         parents.sort(
             key=lambda w: (
                 w.id in round_.overwritten,  # just overwritten goes last
-                int(w.info.get("last_evaluated", -1)),
+                MemberRecord.of(w).last_evaluated,
                 w.id,
             )
         )
@@ -461,22 +664,31 @@ class FirePBT(Algorithm):
                 break
             k = parent.subpop
             child = self._best_child(snapshot, k - 1, round_)
-            info: dict[str, Any] = {}
+            random_child = False
             if child is None:
                 if k not in shared:
                     shared[k] = self._shared_child(snapshot, k, rng, round_)
                 child = shared[k]
                 # Marked so that later level-k evaluators can find and share this very child.
-                info = {RANDOM_CHILD: True}
+                random_child = True
             if child < 0:
                 continue  # P(k-1) has no member that could take weights
             evaluator = pool.pop(0)
-            checkpoint = round_.overwritten.get(parent.id, parent.checkpoint)
+            # The versions the parent and child have once this round's decisions are applied
+            # (they come before the starts): a parent overwritten now is one version further.
+            # The child never is (overwritten members are no candidates).
+            overwritten = round_.overwritten.get(parent.id)
+            checkpoint, step = overwritten or (parent.checkpoint, parent.step)
             assert checkpoint is not None
+            record = EvaluatorRecord(
+                parent.id, child, parent.overwrites + (overwritten is not None),
+                views[child].overwrites, step,
+                # The controller counts this round once the decisions are made.
+                snapshot.tick + 1, random_child,
+            )
             starts.append(
-                StartEvaluator(
-                    evaluator, parent.id, checkpoint, child, dict(views[child].hparams), info
-                )
+                StartEvaluator(evaluator, parent.id, checkpoint, child,
+                               dict(views[child].hparams), record, parent.subpop)
             )
         return starts
 
@@ -489,7 +701,8 @@ class FirePBT(Algorithm):
         """The member of Pk with the best latest fitness (FIRE fitness for k >= 2), or None."""
         best: tuple[float, int] | None = None
         for w in self._child_candidates(snapshot, k, round_):
-            value = fitness_of(w, self.pbt.fitness_window) if k == 1 else w.info.get("fire_fitness")
+            value = (fitness_of(w, self.pbt.fitness_window) if k == 1
+                     else MemberRecord.of(w).fire_fitness)
             if value is None or not math.isfinite(value):
                 continue
             if best is None or value > best[0]:  # ids ascend, so ties keep the lower id
@@ -505,19 +718,14 @@ class FirePBT(Algorithm):
         # Reuse the random child of a running level-k evaluator so that all curves stay
         # comparable; an evaluator whose child was the best by fitness is no such child.
         for e in snapshot.subpop(k, role=EVALUATOR):
-            if (
-                e.status == ACTIVE
-                and e.info.get(RANDOM_CHILD) is True
-                and int(e.info["child"]) in ids
-            ):
-                return int(e.info["child"])
+            if e.status != ACTIVE:
+                continue
+            rec = EvaluatorRecord.of(e)
+            if rec.random_child and rec.child in ids:
+                return rec.child
         if not candidates:
             return -1
         return candidates[int(rng.integers(len(candidates)))].id
-
-    @property
-    def _smoother(self) -> curves.CachedSmoother:
-        return self._smooth  # type: ignore[attr-defined]
 
     @property
     def _score(self) -> curves.ScoreName:
@@ -528,20 +736,21 @@ class FirePBT(Algorithm):
 class _Round:
     """What one ``decide`` call has decided so far."""
 
+    state: FireState
     evaluators: dict[int, Decision] = field(default_factory=dict)
     members: list[Decision] = field(default_factory=list)
     fitness: list[Decision] = field(default_factory=list)
     cleared: list[Decision] = field(default_factory=list)
-    # member -> the checkpoint its weights come from after this call (exploit or transfer)
-    overwritten: dict[int, int] = field(default_factory=dict)
+    # member -> (checkpoint, its step): where its weights come from after this call (exploit
+    # or transfer)
+    overwritten: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
-def _overwritten_since_start(e: WorkerView, parent: WorkerView, child: WorkerView) -> bool:
-    """Stop 3's version fence: did the parent's or child's weights change since ``e`` began?"""
-    return bool(
-        parent.overwrites != e.info["parent_overwrites"]
-        or child.overwrites != e.info["child_overwrites"]
-    )
+def _overwritten_since_start(
+    rec: EvaluatorRecord, parent: WorkerView, child: WorkerView
+) -> bool:
+    """Stop 3's version fence: did the parent's or child's weights change since it began?"""
+    return parent.overwrites != rec.parent_overwrites or child.overwrites != rec.child_overwrites
 
 
 def _pbt_from_config(cfg: Mapping[str, Any]) -> PBT:

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from firepbt.algorithms import register
 from firepbt.algorithms.base import Decision, Exploit, Snapshot, WorkerView, require
 from firepbt.algorithms.pbt import PBT, infer_eval_every
 from firepbt.space import Int, LogUniform, Space, Uniform, explore
@@ -91,6 +92,7 @@ def observations(
     return np.array(xs, dtype=float).reshape(-1, 1 + len(keys)), np.array(ys, dtype=float)
 
 
+@register
 @dataclass(frozen=True)
 class PB2(PBT):
     """PBT with a GP-UCB explore step (see the module docstring).

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-from scipy import stats
 
+from firepbt.algorithms import register
 from firepbt.algorithms.base import (
     MEMBER,
     Algorithm,
@@ -29,6 +29,7 @@ EXPLOIT_RULES = ("truncation", "tournament", "ttest")
 RANK_AT = ("equal_step", "latest")
 
 
+@register
 @dataclass(frozen=True)
 class PBT(Algorithm):
     """Greedy PBT: exploit a better member, explore its hyperparameters.
@@ -109,10 +110,13 @@ class PBT(Algorithm):
     def explore_config(self) -> ExploreConfig:
         return self.explore
 
-    def decide(self, snapshot: Snapshot, rng: np.random.Generator) -> list[Decision]:
-        return [
+    def decide(
+        self, snapshot: Snapshot, state: Any, rng: np.random.Generator
+    ) -> tuple[list[Decision], Any]:
+        decisions = [
             self.decide_member(snapshot, snapshot.workers[wid], rng, k=1) for wid in snapshot.ready
         ]
+        return decisions, state
 
     def decide_member(
         self,
@@ -207,6 +211,8 @@ class PBT(Algorithm):
             return True  # the member has no valid recent values: any valid rival is better
         if np.ptp(a) == 0 and np.ptp(b) == 0:
             return a[0] > b[0]
+        from scipy import stats  # here: importing the algorithms stays light for readers
+
         p = stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
         return bool(p < self.ttest_p)
 

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from firepbt.algorithms import register
 from firepbt.algorithms.base import (
     MEMBER,
     Algorithm,
@@ -20,6 +21,7 @@ from firepbt.algorithms.base import (
 )
 
 
+@register
 @dataclass(frozen=True)
 class RandomSearch(Algorithm):
     """Each member keeps the hyperparameters sampled at start; nothing is ever copied.
@@ -42,8 +44,10 @@ class RandomSearch(Algorithm):
     def topology(self) -> list[Role]:
         return [Role(MEMBER, 1)] * self.population
 
-    def decide(self, snapshot: Snapshot, rng: np.random.Generator) -> list[Decision]:
-        return [Continue(w, fitness_of(snapshot.workers[w])) for w in snapshot.ready]
+    def decide(
+        self, snapshot: Snapshot, state: Any, rng: np.random.Generator
+    ) -> tuple[list[Decision], Any]:
+        return [Continue(w, fitness_of(snapshot.workers[w])) for w in snapshot.ready], state
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, "population": self.population, "init": self.init}

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from firepbt.algorithms.fire import MemberRecord
 from firepbt.errors import ConfigError
 from firepbt.result import SchedulePiece
 from firepbt.space import Int, LogUniform, Ordered, Space, Uniform
@@ -281,7 +282,7 @@ def _worker_row(w: WorkerRecord, metric: float | None) -> dict[str, Any]:
     return {
         "id": w.id, "role": w.role, "subpop": w.subpop, "status": w.status, "step": w.step,
         "checkpoint": w.checkpoint, "metric": _finite_or_none(metric),
-        "fire": _finite_or_none(_num(w.info.get("fire_fitness"))),
+        "fire": _finite_or_none(_num(MemberRecord.from_json(w.info).fire_fitness)),
         "overwrites": w.overwrites, "failures": w.failures, "hparams": flatten(w.hparams),
     }
 

@@ -18,15 +18,22 @@ from firepbt.algorithms.base import (
     Continue,
     Decision,
     Exploit,
+    Replace,
     Role,
-    SetFitness,
     Snapshot,
+    WorkerView,
+)
+from firepbt.algorithms.effects import Annotate, Overwrite, Start, Stop
+from firepbt.algorithms.fire import (
+    RANDOM_CHILD,
+    EvaluatorRecord,
+    FirePBT,
+    MemberRecord,
+    SetFitness,
     StartEvaluator,
     StopEvaluator,
     Transfer,
-    WorkerView,
 )
-from firepbt.algorithms.fire import RANDOM_CHILD, FirePBT
 from firepbt.algorithms.pbt import PBT
 from firepbt.errors import ConfigError
 from firepbt.space import ExploreConfig, Space, Uniform
@@ -87,7 +94,7 @@ def fire(**kw: Any) -> FirePBT:
 
 
 def decide(alg: FirePBT, s: Snapshot, seed: int = 0) -> list[Decision]:
-    return alg.decide(s, np.random.default_rng(seed))
+    return alg.decide(s, None, np.random.default_rng(seed))[0]
 
 
 def of(decisions: list[Decision], kind: type) -> list[Any]:
@@ -437,7 +444,7 @@ def test_without_any_fitness_all_evaluators_share_one_random_child() -> None:
     for seed in range(20):
         starts = of(decide(alg, snap(workers, ready=[6, 7]), seed), StartEvaluator)
         assert len(starts) == 2 and starts[0].child == starts[1].child
-        assert all(s.info == {RANDOM_CHILD: True} for s in starts)
+        assert all(s.record.random_child for s in starts)
         chosen.add(starts[0].child)
     assert chosen == {0, 1, 2}  # random, not always the same member
     # A later evaluator reuses the running evaluator's random child.
@@ -447,7 +454,7 @@ def test_without_any_fitness_all_evaluators_share_one_random_child() -> None:
         (start,) = of(
             decide(alg, snap([*workers[:6], running, idle(7)], [7]), seed), StartEvaluator
         )
-        assert (start.child, start.info) == (2, {RANDOM_CHILD: True})
+        assert (start.child, start.record.random_child) == (2, True)
 
 
 def test_a_child_chosen_by_fitness_is_not_taken_for_the_shared_random_one() -> None:
@@ -468,7 +475,7 @@ def test_a_child_chosen_by_fitness_is_not_taken_for_the_shared_random_one() -> N
 def test_a_child_chosen_by_fitness_carries_no_random_mark() -> None:
     workers = base_population(w1=member(1, 1, (0.0, 5.0)))
     starts = of(decide(fire(), snap(workers, ready=[6, 7])), StartEvaluator)
-    assert starts and all(s.child == 1 and s.info == {} for s in starts)
+    assert starts and all(s.child == 1 and not s.record.random_child for s in starts)
 
 
 def test_no_evaluator_starts_on_a_finished_parent() -> None:
@@ -476,11 +483,93 @@ def test_no_evaluator_starts_on_a_finished_parent() -> None:
     assert not of(out, StartEvaluator)
 
 
-def test_smoothing_is_cached_across_calls() -> None:
+def test_smoothing_is_cached_across_calls_in_the_state() -> None:
     alg = fire(smoother="gp")
     e = evaluator(6, parent=3, child=0, curve=FAST[:11], trained=INTERVAL)
     s = snap(base_population(w6=e), ready=[6])
-    first = decide(alg, s)
-    misses = alg._smoother.misses
-    assert decide(alg, s) == first
-    assert alg._smoother.misses == misses and alg._smoother.hits > 0
+    rng = np.random.default_rng(0)
+    first, state = alg.decide(s, alg.init_state(alg.topology(), rng), rng)
+    misses = state.smoother.misses
+    again, state = alg.decide(s, state, np.random.default_rng(0))
+    assert again == first
+    assert state.smoother.misses == misses and state.smoother.hits > 0
+    # The memos are not saved: a resumed run rebuilds them, empty.
+    assert alg.save_state(state) == {}
+    assert alg.load_state({}).smoother.hits == 0
+
+
+# --- FIRE's records and the generic effects its decisions come down to ----------------------
+
+
+def test_a_started_evaluator_records_the_versions_and_step_it_starts_from() -> None:
+    workers = base_population(w4=member(4, 2, overwrites=3))
+    (start, _) = of(decide(fire(), snap(workers, ready=[6, 7])), StartEvaluator)
+    # Snapshot tick 7: the controller counts the round before it applies the decisions.
+    assert start.record == EvaluatorRecord(parent=3, child=0, parent_overwrites=0,
+                                           child_overwrites=0, start_step=2 * INTERVAL,
+                                           started_tick=8)
+    start_effect, annotate = start.effects()
+    assert start_effect == Start(6, 103, 3, {"h": 1.0}, 2, "start_evaluator",
+                                 start.record.to_json(), {"child": 0})
+    assert annotate == Annotate(3, {"last_evaluated": 8})
+
+
+def test_a_parent_exploited_in_the_same_round_is_recorded_one_version_on() -> None:
+    alg = fire(population=10, subpop_sizes=(3, 4), pbt=PBT(quantile=0.5))
+    warming = {"step": INTERVAL - 1}  # 5 and 8 cannot be parents yet: only 4 is left
+    workers = p2_with_two_evaluators(w5=member(5, 2, **warming), w8=member(8, 2, **warming))
+    out = decide(alg, snap(workers, ready=[4, 9]))
+    (exploit,) = of(out, Exploit)
+    assert (exploit.worker, exploit.donor, exploit.donor_checkpoint) == (4, 3, 103)
+    (start,) = of(out, StartEvaluator)
+    # Applied after the exploit, it starts from the donor's checkpoint and version 1 of 4.
+    assert (start.parent, start.parent_checkpoint) == (4, 103)
+    assert (start.record.parent_overwrites, start.record.start_step) == (1, 2 * INTERVAL)
+
+
+def test_records_round_trip_through_json_in_todays_stored_shape() -> None:
+    rec = EvaluatorRecord(3, 0, 1, 2, 40, 7, random_child=True)
+    assert rec.to_json() == {"random_child": True, "parent": 3, "child": 0,
+                             "parent_overwrites": 1, "child_overwrites": 2, "start_step": 40,
+                             "started_tick": 7}
+    assert EvaluatorRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
+    assert "random_child" not in replace(rec, random_child=False).to_json()
+    assert MemberRecord.from_json({}) == MemberRecord(None, -1)
+    assert MemberRecord.from_json({"fire_fitness": 0.5, "last_evaluated": 4}) == \
+        MemberRecord(0.5, 4)
+    assert SetFitness(3, float("nan")).effects() == (Annotate(3, {"fire_fitness": None}),)
+    assert not SetFitness.settles and StartEvaluator.settles
+
+
+def test_a_transfer_overwrites_the_child_with_the_evaluator_curve_then_stops_it() -> None:
+    overwrite, stop = Transfer(6, 3, 0, 206, 0.001, 0.5).effects()
+    assert overwrite == Overwrite(0, 206, 3, "transfer", None,
+                                  {"evaluator": 6, "p_value": 0.001, "delta": 0.5},
+                                  curve_from=6)
+    assert stop == Stop(6, "stop_evaluator",
+                        {"reason": "success", "p_value": 0.001, "delta": 0.5})
+    assert fire().retire(idle(7), "end") == [StopEvaluator(7, "end")]
+
+
+# --- replacing a persistently failed member --------------------------------------------------
+
+
+def test_a_failed_parent_restarts_from_the_best_peer_by_fire_fitness() -> None:
+    # By task fitness 5 is P2's best peer; by FIRE fitness, which ranks P2, it is 4.
+    workers = base_population(
+        w3=member(3, 2, (0.0,), info={"fire_fitness": 0.9}),
+        w4=member(4, 2, (0.1,), info={"fire_fitness": 2.0}),
+        w5=member(5, 2, (5.0,), info={"fire_fitness": -1.0}),
+    )
+    s = snap(workers, ready=[3])
+    out, _ = fire().replace(s, None, 3, "boom", np.random.default_rng(0))
+    clear, rep = out
+    assert clear == SetFitness(3, None)  # it described the lost weights
+    assert isinstance(rep, Replace) and (rep.donor, rep.donor_checkpoint) == (4, 104)
+    # Without any FIRE fitness in P2 the task fitness decides, as in P1.
+    plain = base_population(w3=member(3, 2, (0.0,)), w4=member(4, 2, (0.1,)),
+                            w5=member(5, 2, (5.0,)))
+    _, rep = fire().replace(snap(plain, [3]), None, 3, "boom", np.random.default_rng(0))[0]
+    assert isinstance(rep, Replace) and rep.donor == 5
+    (p1,) = fire().replace(snap(workers, [1]), None, 1, "boom", np.random.default_rng(0))[0]
+    assert isinstance(p1, Replace) and p1.donor == 0  # P1: the best task fitness

@@ -66,7 +66,7 @@ def test_ucb_picks_the_high_lr_region_for_the_exploiting_member() -> None:
     # Fitness = latest value: member 0 (lowest lr) is the worst and exploits.
     for seed in range(5):
         alg = PB2(population=8, kappa=0.0)
-        d = alg.decide(snapshot(workers, [0]), np.random.default_rng(seed))[0]
+        d = alg.decide(snapshot(workers, [0]), None, np.random.default_rng(seed))[0][0]
         assert isinstance(d, Exploit) and d.donor in (6, 7)
         assert d.ops["lr"] == "pb2" and d.new_hparams["opt"] in ("sgd", "adam")
         # kappa 0: the posterior mean's maximum, in the top of the observed range and above
@@ -76,16 +76,17 @@ def test_ucb_picks_the_high_lr_region_for_the_exploiting_member() -> None:
 
 def test_too_little_data_falls_back_to_pbt_explore() -> None:
     workers = [member(0, 0.01, (0.0, 0.5)), member(1, 0.1, (1.0, 2.0))]
-    d = PB2(population=2, min_data=4).decide(snapshot(workers, [0]), np.random.default_rng(0))[0]
+    d = PB2(population=2, min_data=4).decide(snapshot(workers, [0]), None,
+                                             np.random.default_rng(0))[0][0]
     assert isinstance(d, Exploit) and d.ops["lr"] != "pb2"
-    assert isinstance(PB2(population=8).decide(snapshot(rising_with_lr(), [7]),
-                                               np.random.default_rng(0))[0], Continue)
+    assert isinstance(PB2(population=8).decide(snapshot(rising_with_lr(), [7]), None,
+                                               np.random.default_rng(0))[0][0], Continue)
 
 
 def test_decisions_are_a_pure_function_of_snapshot_and_seed() -> None:
     snap = snapshot(rising_with_lr(), [0])
-    a = PB2(population=8).decide(snap, np.random.default_rng(4))
-    b = PB2(population=8).decide(snap, np.random.default_rng(4))
+    a = PB2(population=8).decide(snap, None, np.random.default_rng(4))[0]
+    b = PB2(population=8).decide(snap, None, np.random.default_rng(4))[0]
     assert a == b
 
 

@@ -41,7 +41,7 @@ def snapshot(workers: list[WorkerView], ready: list[int]) -> Snapshot:
 
 
 def decide_one(alg: PBT, snap: Snapshot, seed: int = 0):
-    (d,) = alg.decide(snap, np.random.default_rng(seed))
+    (d,) = alg.decide(snap, None, np.random.default_rng(seed))[0]
     return d
 
 
@@ -159,8 +159,8 @@ def test_ttest_needs_significantly_better_recent_values() -> None:
 
 def test_sync_round_decides_every_ready_member_in_order() -> None:
     workers = [member(i, float(i)) for i in range(4)]
-    decisions = PBT(population=4).decide(snapshot(workers, [0, 1, 2, 3]),
-                                         np.random.default_rng(0))
+    decisions = PBT(population=4).decide(snapshot(workers, [0, 1, 2, 3]), None,
+                                         np.random.default_rng(0))[0]
     assert [d.worker for d in decisions] == [0, 1, 2, 3]
     assert [type(d) for d in decisions] == [Exploit, Continue, Continue, Continue]
 
@@ -168,15 +168,15 @@ def test_sync_round_decides_every_ready_member_in_order() -> None:
 def test_decisions_are_a_pure_function_of_snapshot_and_seed() -> None:
     workers = [member(i, float(i % 3)) for i in range(8)]
     snap = snapshot(workers, list(range(8)))
-    a = PBT(population=8).decide(snap, np.random.default_rng(5))
-    b = PBT(population=8).decide(snap, np.random.default_rng(5))
+    a = PBT(population=8).decide(snap, None, np.random.default_rng(5))[0]
+    b = PBT(population=8).decide(snap, None, np.random.default_rng(5))[0]
     assert a == b
 
 
 def test_random_search_never_exploits() -> None:
     workers = [member(i, float(i)) for i in range(4)]
-    decisions = RandomSearch(population=4).decide(snapshot(workers, [0, 1, 2, 3]),
-                                                  np.random.default_rng(0))
+    decisions = RandomSearch(population=4).decide(snapshot(workers, [0, 1, 2, 3]), None,
+                                                  np.random.default_rng(0))[0]
     assert all(isinstance(d, Continue) for d in decisions)
 
 

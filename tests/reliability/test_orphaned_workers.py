@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from rel_helpers import REPO, assert_invariants, run_child, write_task
 
-from firepbt.checkpoints import default_root
+from firepbt.checkpoints import CheckpointDir, default_root
 from firepbt.controller import Controller
 from firepbt.executors.inprocess import InProcessExecutor
 from firepbt.invariants import check_store
@@ -194,7 +194,8 @@ def test_resumed_segments_write_new_checkpoint_ids(tmp_path: Path) -> None:
     ctl.start()
     for cid in old.values():  # the dead controller's workers finish late
         assert cid is not None
-        ctl.ckpt.write(cid, lambda p: (p / "late.txt").write_text("late"), {"late": True})
+        CheckpointDir(default_root(store_path)).write(
+            cid, lambda p: (p / "late.txt").write_text("late"), {"late": True})
     ctl.run()
     assert store.events(kind="failure") == [], [e.info for e in store.events(kind="failure")]
     assert all(w.status == "done" and w.step == 40 for w in store.workers())

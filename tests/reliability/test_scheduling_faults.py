@@ -119,13 +119,15 @@ class DonorVanishes(PBT):
 
     root: ClassVar[list[Path]] = []
 
-    def decide(self, snapshot: Snapshot, rng: np.random.Generator) -> list[Decision]:
-        out = super().decide(snapshot, rng)
+    def decide(
+        self, snapshot: Snapshot, state: Any, rng: np.random.Generator
+    ) -> tuple[list[Decision], Any]:
+        out, state = super().decide(snapshot, state, rng)
         for d in out:
             if isinstance(d, Exploit) and not _deleted:
                 _deleted.append(d.donor_checkpoint)
                 shutil.rmtree(self.root[0] / f"c{d.donor_checkpoint:09d}")
-        return out
+        return out, state
 
 
 def test_donor_checkpoint_gone_during_exploit_skips_and_logs(

@@ -182,7 +182,7 @@ def test_corrupted_checkpoint_is_detected_before_load_and_member_re_exploits(
     corrupted: list[str] = []
 
     def corrupt_once(ctl: Controller) -> None:
-        w = ctl.workers[0]
+        w = ctl.population.workers[0]
         if corrupted or w.step != 8:
             return
         rec = ctl.store.checkpoint(w.checkpoint)  # type: ignore[arg-type]
