@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from firepbt.algorithms import PBT, Algorithm, algorithm_from_config
+from firepbt.algorithms import PBT, Algorithm
 from firepbt.algorithms.fire import FirePBT
 from firepbt.algorithms.pb2 import PB2
 from firepbt.bench.controller import measure as measure_controller
@@ -48,14 +48,13 @@ def decision_cost(
     """Controller time per handled result with the simulated executor (no training, no files).
 
     The best of ``repeats`` runs is kept (the machine is shared; the minimum is the cost).
-    Each repeat runs a fresh copy of ``algorithm``: FIRE's smoothing cache would otherwise
-    answer every curve of a repeated (deterministic) run and hide the cost being measured.
+    Each repeat's controller starts the algorithm's state afresh (``init_state``), so FIRE's
+    smoothing cache never answers a repeated (deterministic) run from the one before.
     """
     best: dict[str, Any] | None = None
     for _ in range(repeats):
-        fresh = algorithm_from_config(algorithm.to_config())
         with fast_scratch():
-            m = measure_controller(fresh, intervals=intervals, interval=interval, eval_every=1)
+            m = measure_controller(algorithm, intervals=intervals, interval=interval, eval_every=1)
         row = {"results": m["decisions"], "wall_s": m["wall_s"],
                "us_per_result": m["us_per_decision"],
                "evaluator_starts": m["evaluator_starts"], "transfers": m["transfers"]}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from firepbt.algorithms import PBT
 from firepbt.algorithms.fire import FirePBT
 from firepbt.bench.decision_cost import decision_cost
@@ -12,9 +14,11 @@ def test_decision_cost_counts_handled_results() -> None:
     assert row["results"] >= 4 * 2 and row["us_per_result"] > 0
 
 
-def test_decision_cost_runs_fresh_copies_so_the_smoothing_cache_starts_empty() -> None:
+def test_repeats_cannot_share_the_smoothing_cache() -> None:
     alg = FirePBT(population=8, subpop_sizes=(3, 3), smoother="ema")
-    row = decision_cost(alg, intervals=4, repeats=2)
-    assert row["evaluator_starts"] > 0
-    # The caller's instance never ran: a repeat cannot be answered from its cache.
-    assert (alg._smoother.hits, alg._smoother.misses) == (0, 0)
+    one = decision_cost(alg, intervals=4, repeats=1)
+    two = decision_cost(alg, intervals=4, repeats=2)
+    assert one["evaluator_starts"] == two["evaluator_starts"] > 0
+    # The memos live in each controller's FireState (init_state), never on the algorithm.
+    assert not hasattr(alg, "_smoother")
+    assert alg.init_state(alg.topology(), np.random.default_rng(0)).smoother.misses == 0
