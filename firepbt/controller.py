@@ -28,13 +28,14 @@ from firepbt.engine import experiment, failures, settings
 from firepbt.engine.effects import Effects
 from firepbt.engine.lease import Lease, sigterm_as_interrupt
 from firepbt.engine.lease import holder_is_dead as _holder_is_dead  # noqa: F401 - for the CLI
-from firepbt.engine.retention import CheckpointFiles, Retention
+from firepbt.engine.retention import Retention
 from firepbt.engine.settings import RunConfig, differences, validate_run
 from firepbt.errors import RunFailed
 from firepbt.executors.base import Executor
 from firepbt.faults import crash_point
 from firepbt.space import Space
 from firepbt.states import ACTIVE, MEMBER
+from firepbt.storage import open_storage
 from firepbt.store.base import CheckpointRecord, MetricRow, SegmentRecord, Store
 from firepbt.trainable import Metric, SegmentResult, SegmentSpec
 
@@ -80,7 +81,7 @@ class Controller:
             self.space, self.algorithm, self.config = settings.resolve(
                 store.url, existing, task_ref, space, algorithm, config, initial)
             self.metric = Metric.of(info.get("metric"))
-            self.retention = Retention(store, CheckpointFiles(checkpoint_root),
+            self.retention = Retention(store, open_storage(checkpoint_root),
                                        self.config.keep_checkpoints,
                                        executor.writes_checkpoints, self.lease.holder)
             if existing is not None:
@@ -196,7 +197,7 @@ class Controller:
                 steps=seg.end_step - seg.start_step, eval_every=self.config.eval_every or 1,
                 load_checkpoint=seg.from_checkpoint, load_path=path, load_checksum=checksum,
                 save_checkpoint=seg.to_checkpoint,
-                checkpoint_root=self.retention.files.location, metric=self.metric.name,
+                checkpoint_root=self.retention.files.url, metric=self.metric.name,
             ))
 
     def _handle(self, r: SegmentResult) -> None:

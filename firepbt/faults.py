@@ -29,10 +29,12 @@ FAULT_DIR_ENV = "FIREPBT_FAULT_DIR"
 FAULT_KINDS: tuple[str, ...] = ("crash", "raise", "enospc")
 
 KNOWN_CRASH_POINTS: tuple[str, ...] = (
-    # checkpoints.CheckpointDir.write: files and manifest written, nothing renamed yet
+    # storage write (local, fsspec): files and manifest written, nothing renamed/published yet
     "checkpoint.after_write",
-    # checkpoints.CheckpointDir.write: everything fsynced, the rename is next
+    # storage write: everything fsynced (local) or uploaded (fsspec), the commit is next
     "checkpoint.before_rename",
+    # storage delete (fsspec): manifest removed, data not yet
+    "checkpoint.mid_delete",
     # controller: a decision is computed but not yet committed to the store
     "controller.before_commit",
     # controller: the decision is committed, its side effects are not yet carried out

@@ -1,61 +1,22 @@
 """Which checkpoints stay: the live set, garbage collection and the orphan sweep.
 
-Every touch of the checkpoint files goes through :class:`CheckpointFiles`, whose method names
-are those of the coming ``CheckpointStorage`` seam (issue 9, step 5): ``claim``,
-``clean_orphans``, ``ids``, ``exists``, ``delete`` and ``id_of``. Today it adapts a local
-:class:`~firepbt.checkpoints.CheckpointDir`; the controller never sees a path.
+Every touch of the checkpoint files goes through the experiment's
+:class:`~firepbt.storage.CheckpointStorage` (a local directory or an fsspec URL), addressed by
+checkpoint id: the controller never sees a path.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from firepbt.checkpoints import CheckpointDir, collectable, store_identity
+from firepbt.checkpoints import collectable, store_identity
 from firepbt.faults import crash_point
+from firepbt.storage import CheckpointStorage
 from firepbt.store.base import CheckpointRecord, LockHolder, Store
 
 log = logging.getLogger("firepbt")
-
-
-class CheckpointFiles:
-    """The checkpoint folder of one experiment, addressed by checkpoint id."""
-
-    def __init__(self, root: str | Path) -> None:
-        self._dir = CheckpointDir(root)
-
-    @property
-    def location(self) -> str:
-        """Where workers write (``SegmentSpec.checkpoint_root``)."""
-        return str(self._dir.root)
-
-    def claim(self, identity: str, experiment: str, known: Mapping[int, str]) -> None:
-        """Make the folder this experiment's (see ``CheckpointDir.claim``)."""
-        self._dir.claim(identity, experiment, known)
-
-    def clean_orphans(self) -> None:
-        """Remove the leftovers of killed writers and deleters."""
-        self._dir.clean_orphans()
-
-    def ids(self) -> list[int]:
-        """Ids of the complete checkpoints present, ascending."""
-        return self._dir.ids()
-
-    def exists(self, cid: int) -> bool:
-        return self._dir.path_for(cid).exists()
-
-    def delete(self, cid: int) -> None:
-        """Remove checkpoint ``cid`` (a missing one is fine)."""
-        self._dir.delete(self._dir.path_for(cid))
-
-    def id_of(self, location: str) -> int | None:
-        """The id of the checkpoint a worker reported at ``location``; None if it names none."""
-        name = Path(location).name
-        if not (name.startswith("c") and name[1:].isdigit()):
-            return None
-        return int(name[1:])
 
 
 class Retention:
@@ -63,13 +24,13 @@ class Retention:
 
     Args:
         store: the experiment's store.
-        files: its checkpoint files.
+        files: its checkpoint storage.
         keep: how many of each writer's newest checkpoints to keep.
         writes_checkpoints: whether the executor writes files at all (a simulated one not).
         fence: the lease holder every commit is fenced with.
     """
 
-    def __init__(self, store: Store, files: CheckpointFiles, keep: int,
+    def __init__(self, store: Store, files: CheckpointStorage, keep: int,
                  writes_checkpoints: bool, fence: LockHolder) -> None:
         self.store, self.files, self.keep = store, files, keep
         self.writes_checkpoints = writes_checkpoints

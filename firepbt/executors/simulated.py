@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from firepbt.executors.base import Executor
@@ -58,7 +57,8 @@ class SimulatedExecutor(Executor):
             if step % spec.eval_every == 0 or step == spec.start_step + spec.steps:
                 points.append((step, metric))
         self._states[spec.save_checkpoint] = state
-        path = Path(spec.checkpoint_root) / f"c{spec.save_checkpoint:09d}"
+        # Only a name (no files): a URL root must not be mangled by Path.
+        path = f"{spec.checkpoint_root}/c{spec.save_checkpoint:09d}"
         return [SegmentResult(spec.worker, spec.segment, spec.epoch, tuple(points),
                               spec.start_step + spec.steps, str(path), "simulated")]
 

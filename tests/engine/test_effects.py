@@ -11,9 +11,10 @@ from firepbt.algorithms.effects import Annotate, Continue, GiveUp, Overwrite, St
 from firepbt.engine.effects import Effects
 from firepbt.engine.lease import Lease
 from firepbt.engine.population import Population
-from firepbt.engine.retention import CheckpointFiles, Retention
+from firepbt.engine.retention import Retention
 from firepbt.engine.segments import Segments
 from firepbt.executors.simulated import SimulatedExecutor
+from firepbt.storage import open_storage
 from firepbt.store import MemoryStore
 from firepbt.store.base import CheckpointRecord, WorkerRecord
 
@@ -36,7 +37,7 @@ def fx(tmp_path: Path) -> Effects:
     return Effects(
         store=store, population=population, segments=Segments(store, {}),
         executor=SimulatedExecutor(capacity=2),
-        retention=Retention(store, CheckpointFiles(tmp_path / "c"), 2, False, lease.holder),
+        retention=Retention(store, open_storage(tmp_path / "c"), 2, False, lease.holder),
         algorithm=PBT(population=3), steps=30, interval=10, clock=lambda: 0.0,
     )
 

@@ -1,4 +1,4 @@
-"""Retention and CheckpointFiles on a real folder and a real SQLite store."""
+"""Retention on a real checkpoint folder and a real SQLite store."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 from firepbt.checkpoints import CheckpointDir
 from firepbt.engine.lease import Lease
-from firepbt.engine.retention import CheckpointFiles, Retention
+from firepbt.engine.retention import Retention
+from firepbt.storage import open_storage
 from firepbt.store import SQLiteStore
 from firepbt.store.base import CheckpointRecord
 
@@ -29,15 +30,15 @@ def setup(tmp_path: Path) -> tuple[SQLiteStore, Path, Retention]:
             path, checksum = write(root, cid)
             store.add_checkpoint(CheckpointRecord(cid, writer, step, path, checksum, {}, None,
                                                   0.0))
-    return store, root, Retention(store, CheckpointFiles(root), 1, True, lease.holder)
+    return store, root, Retention(store, open_storage(root), 1, True, lease.holder)
 
 
 def test_checkpoint_files_are_addressed_by_id(tmp_path: Path) -> None:
-    files = CheckpointFiles(tmp_path / "c")
+    files = open_storage(tmp_path / "c")
     path, _ = write(tmp_path / "c", 7)
     assert files.ids() == [7] and files.exists(7) and not files.exists(8)
     assert files.id_of(path) == 7 and files.id_of(str(tmp_path / "notes")) is None
-    assert files.location == str(tmp_path / "c")
+    assert files.url == str(tmp_path / "c")
     files.delete(7)
     files.delete(7)  # idempotent
     assert files.ids() == [] and not files.exists(7)

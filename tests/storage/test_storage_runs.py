@@ -67,10 +67,6 @@ def test_an_in_process_run_keeps_its_checkpoints_in_memory(tmp_path: Path) -> No
     check_checkpoints_live_under(store_url, root)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "firepbt/controller.py (Controller._apply, Exploit) checks the donor with "
-    "Path(donor_ckpt.path).exists(), False for a URL, so every exploit is skipped; it must ask "
-    "the storage (self.ckpt.exists(donor_ckpt.id)) - part of switching the controller"))
 def test_exploits_adopt_donors_from_a_url(tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path / 'run.db'}"
     root = open_storage(f"memory://firepbt-run-{secrets.token_hex(6)}").url
