@@ -639,7 +639,7 @@ class Controller:
         )
         self._live[seg.to_checkpoint] = (seg.worker, r.end_step, r.checkpoint_path, r.checksum)
         self.store.add_metrics(
-            [MetricRow(seg.worker, seg.id, s, v, now) for s, v in r.points]
+            [MetricRow(seg.worker, seg.id, s, v, now, x) for s, v, x in r.named_points()]
         )
         self.store.put_segment(replace(seg, status=COMPLETED))
         del self.segs[seg.id]
