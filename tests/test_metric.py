@@ -126,6 +126,14 @@ def test_invalid_or_missing_other_metrics_are_kept_as_such() -> None:
     assert None in values and "missing" in values  # NaN: None; not reported: absent
     assert all(v in (None, "missing") or isinstance(v, float) for v in values)
     assert res.summary()["metric"] == "loss (lower is better)"
+    # The report's columns stay aligned with the steps: a missing or invalid value is None.
+    from firepbt.dashboard.data import run_payload
+
+    views = run_payload(res.store)
+    assert views["extra_metrics"] == ["grad_norm"]
+    shown = [v for cols in views["points"].values() for v in cols[2]]
+    assert all(len(c) == len(cols[0]) for cols in views["points"].values() for c in cols)
+    assert shown.count(None) == values.count(None) + values.count("missing")
 
 
 TASK = '''
