@@ -231,7 +231,8 @@ class Controller:
         ))
         self.retention.add(seg.to_checkpoint, seg.worker, r.end_step, r.checkpoint_path,
                            r.checksum)
-        self.store.add_metrics([MetricRow(seg.worker, seg.id, s, v, now) for s, v in r.points])
+        self.store.add_metrics([MetricRow(seg.worker, seg.id, s, v, now, x)
+                               for s, v, x in r.named_points()])
         self.segments.complete(seg)
         # The store keeps the task's values; curves hold fitness (higher is better).
         # ``failures`` counts failed attempts since the worker last completed a segment.

@@ -51,7 +51,6 @@ from firepbt.store.base import (
     EVALUATOR,
     MEMBER,
     PENDING,
-    RUNNING,
     CheckpointRecord,
     SegmentRecord,
     Store,
@@ -187,7 +186,7 @@ class _Checker:
                 self._verify(f"worker {w.id}'s current", w.checkpoint)
         for s in self.segs:
             src = s.from_checkpoint
-            if s.status in (PENDING, RUNNING) and src is not None and src not in verified:
+            if s.status == PENDING and src is not None and src not in verified:
                 verified.add(src)
                 self._verify(f"pending segment {s.id}'s source", src)
 

@@ -110,6 +110,51 @@ class Result:
             seen[s] = v
         return sorted(seen.items())
 
+    def metric_names(self) -> list[str]:
+        """The run's metric (the fitness) first, then every other name ``evaluate()`` returned
+        (sorted): the keys of :meth:`metric_curves`."""
+        extra = sorted({name for row in self.store.metrics() for name in row.extra})
+        return [self.metric.name, *extra]
+
+    def metric_curves(
+        self, worker: int, lineage: bool = True
+    ) -> dict[str, list[tuple[int, float | None]]]:
+        """Every named metric of ``worker`` as (step, value) points, by name.
+
+        The run's metric (the fitness, under its name) comes first, then each other name a
+        dict-valued ``evaluate()`` returned, sorted. Values are as the task reported them;
+        None marks an invalid one (NaN, inf, not a number). A name has points only where the
+        task reported it.
+
+        Args:
+            worker: A member's (or an evaluator's) id.
+            lineage: Along the worker's current lineage, as :meth:`current_curve` (what its
+                weights went through, across exploits and transfers); False: only the points
+                the worker recorded itself.
+
+        Raises:
+            KeyError: no such worker.
+        """
+        pieces: list[tuple[int, float, float]]  # (writer, after step, up to step)
+        if lineage:
+            pieces = [(p.worker, p.start_step, p.end_step) for p in self.schedule(worker)]
+        else:
+            self.store.worker(worker)  # KeyError naming an unknown worker
+            pieces = [(worker, -1, math.inf)]
+        writers = {w for w, _, _ in pieces}
+        rows = [r for r in self.store.metrics() if r.worker in writers]
+        by_name: dict[str, dict[int, float | None]] = {self.metric.name: {}}
+        for writer, start, end in pieces:
+            for r in rows:
+                if r.worker == writer and start < r.step <= end:
+                    # A step recorded twice (across lineages): the later piece's value wins.
+                    by_name[self.metric.name][r.step] = r.value
+                    for name, value in r.extra.items():
+                        by_name.setdefault(name, {})[r.step] = value
+        fitness = by_name.pop(self.metric.name)
+        ordered = {self.metric.name: fitness, **dict(sorted(by_name.items()))}
+        return {name: sorted(points.items()) for name, points in ordered.items()}
+
     def schedule(self, worker: int) -> list[SchedulePiece]:
         """Hyperparameters over steps along ``worker``'s lineage, oldest first.
 

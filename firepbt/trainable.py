@@ -94,6 +94,25 @@ class SegmentResult:
     checksum: str | None
     error: str | None = None  # traceback text when user code raised
     wall_s: float = 0.0
+    # The other named metrics evaluate() returned, one mapping per point of ``points`` (see
+    # other_metrics); empty when the task reports one number (and for batched tasks).
+    extra: tuple[Mapping[str, float | None], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.extra and len(self.extra) != len(self.points):
+            raise ValueError(f"SegmentResult of worker {self.worker}: {len(self.extra)} extra "
+                             f"metric mappings for {len(self.points)} points; give one per "
+                             "point, or none")
+
+    def named_points(self) -> list[tuple[int, float | None, Mapping[str, float | None]]]:
+        """(step, metric, other named metrics) of each point."""
+        if not self.extra:
+            return [(step, value, _NO_METRICS) for step, value in self.points]
+        return [(step, value, extra)
+                for (step, value), extra in zip(self.points, self.extra, strict=True)]
+
+
+_NO_METRICS: Mapping[str, float | None] = {}
 
 
 METRIC_MODES = ("max", "min")
@@ -156,6 +175,19 @@ def pick_metric(value: Any, key: str | None) -> Any:
         raise KeyError(f"evaluate() returned the metrics {sorted(value)} but not {name!r}, the "
                        "run's metric: return it, or set the metric name (metric= / --metric)")
     return value[name]
+
+
+def other_metrics(value: Any, key: str | None) -> dict[str, float | None]:
+    """The named metrics ``evaluate()`` returned besides the fitness ``value[key]``.
+
+    Recorded and plotted next to the fitness (``Result.metric_curves``, the dashboard), each
+    normalised like it (:func:`as_metric`: NaN, +-inf and non-numbers become None). Empty when
+    ``evaluate()`` returned one number.
+    """
+    if not isinstance(value, dict):
+        return {}
+    name = key or "fitness"
+    return {str(k): as_metric(v) for k, v in value.items() if k != name}
 
 
 def as_metric(value: Any) -> float | None:

@@ -72,6 +72,12 @@ class RunData:
     points: dict[int, list[Point]] = field(default_factory=dict)
     # Curve points of every segment (completed or not): segment id -> points.
     seg_points: dict[int, list[Point]] = field(default_factory=dict)
+    # The other named metrics of those points (one mapping each), for segments that have any.
+    seg_extra: dict[int, list[Mapping[str, float | None]]] = field(default_factory=dict)
+    # The segment that wrote each checkpoint (completed segments only).
+    seg_of_ckpt: dict[int, int] = field(default_factory=dict)
+    # Every other name evaluate() returned besides the fitness, sorted.
+    extra_names: list[str] = field(default_factory=list)
     space: Space | None = None
     # The latest valid metric along each member's lineage (Result.final_metrics, all subpops).
     finals: dict[int, float | None] = field(default_factory=dict)
@@ -93,15 +99,28 @@ class RunData:
             events=store.events(),
         )
         rows: dict[tuple[int, int], list[Point]] = defaultdict(list)
+        extras: dict[tuple[int, int], list[Mapping[str, float | None]]] = defaultdict(list)
+        names: set[str] = set()
         for m in store.metrics():
-            rows[(m.worker, m.segment)].append((m.step, _finite_or_none(m.value)))
+            key = (m.worker, m.segment)
+            rows[key].append((m.step, _finite_or_none(m.value)))
+            if m.extra:
+                if len(extras[key]) < len(rows[key]) - 1:  # earlier points had none
+                    extras[key] += [{}] * (len(rows[key]) - 1 - len(extras[key]))
+                extras[key].append(m.extra)
+                names.update(m.extra)
+        run.extra_names = sorted(names)
         for seg in run.segments:
-            pts = rows.get((seg.worker, seg.id), [])
+            key = (seg.worker, seg.id)
+            pts = rows.get(key, [])
             run.seg_points[seg.id] = pts
+            if key in extras:
+                run.seg_extra[seg.id] = extras[key] + [{}] * (len(pts) - len(extras[key]))
             # A segment's record is upserted on retry, so to_checkpoint names the attempt that
             # completed and wrote these points.
             if seg.status == COMPLETED and seg.to_checkpoint in run.checkpoints:
                 run.points[seg.to_checkpoint] = pts
+                run.seg_of_ckpt[seg.to_checkpoint] = seg.id
         # The best member as Result.best defines it (the P1 member with the highest latest
         # valid metric along its lineage, ties to the lower id), answered in memory: Result
         # walks each lineage with one query per checkpoint, 80,000 of them on a big run.
@@ -180,6 +199,17 @@ class RunData:
             for s, v in self.points.get(rec.id, []):
                 by_step[s] = v
         return sorted(by_step.items())
+
+    def current_extra(self, worker: int) -> dict[int, Mapping[str, float | None]]:
+        """The other named metrics along ``worker``'s lineage, by step (steps with any)."""
+        by_step: dict[int, Mapping[str, float | None]] = {}
+        for rec in self.chain(self.workers[worker].checkpoint):
+            seg = self.seg_of_ckpt.get(rec.id)
+            extra = self.seg_extra.get(seg, []) if seg is not None else []
+            for (s, _), x in zip(self.seg_points.get(seg, []) if seg is not None else [],
+                                 extra, strict=False):
+                by_step[s] = x
+        return by_step
 
     def best_lineage_checkpoints(self) -> list[int]:
         if self.best is None:
@@ -350,9 +380,16 @@ def views(run: RunData) -> dict[str, Any]:
             seg_of_ckpt[seg.to_checkpoint] = seg.id
         pts = run.seg_points.get(seg.id, [])
         if pts:
-            kept = _thin(pts, stride)
-            points[str(seg.id)] = [[s for s, _ in kept], [v for _, v in kept]]
-    best_curve = _thin(run.current_curve(run.best), stride) if run.best is not None else []
+            kept = _thin(list(range(len(pts))), stride)
+            points[str(seg.id)] = _columns([pts[i] for i in kept], run.extra_names,
+                                           _pick(run.seg_extra.get(seg.id), kept))
+    best_curve: list[list[Any]] = [[], []]
+    if run.best is not None:
+        curve = run.current_curve(run.best)
+        kept = _thin(list(range(len(curve))), stride)
+        extra_of = run.current_extra(run.best)
+        best_curve = _columns([curve[i] for i in kept], run.extra_names,
+                              [extra_of.get(curve[i][0], {}) for i in kept] if extra_of else None)
 
     # Schedules along each worker's lineage: [start, end, hparams id, writer].
     schedules: dict[str, list[list[int]]] = {}
@@ -373,7 +410,8 @@ def views(run: RunData) -> dict[str, Any]:
         "hp_keys": hp_keys,
         "segments": segments,
         "points": points,
-        "best_curve": [[s for s, _ in best_curve], [v for _, v in best_curve]],
+        "best_curve": best_curve,
+        "extra_metrics": run.extra_names,
         "best_lineage": run.best_lineage_checkpoints(),
         "schedules": schedules,
         "graph": _graph(run, seg_of_ckpt, notes),
@@ -549,7 +587,24 @@ def _dist_text(d: Mapping[str, Any]) -> str:
 # Helpers
 
 
-def _thin(points: Sequence[Point], stride: int) -> list[Point]:
+def _pick(seq: Sequence[Any] | None, indices: Sequence[int]) -> list[Any] | None:
+    return None if seq is None else [seq[i] for i in indices]
+
+
+def _columns(pts: Sequence[Point], names: Sequence[str],
+             extra: Sequence[Mapping[str, float | None]] | None) -> list[list[Any]]:
+    """Points as columns: [steps, fitness values, then one list per name of ``names``].
+
+    Without ``extra`` (the task returned one number) only the first two: the page reads a
+    missing column as no values, which keeps a plain run's payload as small as it was.
+    """
+    cols: list[list[Any]] = [[s for s, _ in pts], [v for _, v in pts]]
+    if extra is not None:
+        cols += [[_num(x.get(name)) for x in extra] for name in names]
+    return cols
+
+
+def _thin(points: Sequence[Any], stride: int) -> list[Any]:
     """Every ``stride``-th point and the last one (a segment's end is where its weights went)."""
     if stride <= 1 or len(points) <= 2:
         return list(points)

@@ -15,7 +15,14 @@ from typing import Any
 
 from firepbt.faults import crash_point
 from firepbt.storage import CheckpointStorage, open_storage, root_of
-from firepbt.trainable import SegmentResult, SegmentSpec, Trainable, as_metric, pick_metric
+from firepbt.trainable import (
+    SegmentResult,
+    SegmentSpec,
+    Trainable,
+    as_metric,
+    other_metrics,
+    pick_metric,
+)
 
 
 @dataclass
@@ -70,6 +77,7 @@ class WorkerState:
         try:
             t = self._trainable_for(spec)
             points: list[tuple[int, float | None]] = []
+            extra: list[dict[str, float | None]] = []  # the other named metrics, per point
             step, end = spec.start_step, spec.start_step + spec.steps
             while step < end:
                 # Curve points fall on multiples of eval_every and at the segment's end.
@@ -77,7 +85,9 @@ class WorkerState:
                 t.train(nxt - step)
                 step = nxt
                 crash_point("worker.mid_segment")
-                points.append((step, as_metric(pick_metric(t.evaluate(), spec.metric))))
+                measured = t.evaluate()
+                points.append((step, as_metric(pick_metric(measured, spec.metric))))
+                extra.append(other_metrics(measured, spec.metric))
             crash_point("worker.before_save")
             path, checksum = self._dir(spec.checkpoint_root).write(
                 spec.save_checkpoint, t.save, checkpoint_tags(spec)
@@ -93,7 +103,7 @@ class WorkerState:
             self.cache.popitem(last=False)
         return SegmentResult(
             spec.worker, spec.segment, spec.epoch, tuple(points), end, path, checksum,
-            wall_s=time.perf_counter() - t0,
+            wall_s=time.perf_counter() - t0, extra=tuple(extra) if any(extra) else (),
         )
 
 

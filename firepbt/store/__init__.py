@@ -25,7 +25,6 @@ from firepbt.store.base import (
     IDLE,
     MEMBER,
     PENDING,
-    RUNNING,
     SEG_FAILED,
     CheckpointRecord,
     EventRecord,
@@ -35,7 +34,8 @@ from firepbt.store.base import (
     Store,
     WorkerRecord,
 )
-from firepbt.store.memory import FrozenDict, MemoryStore
+from firepbt.store.codec import FrozenDict
+from firepbt.store.memory import MemoryStore
 from firepbt.store.sqlite import SQLiteStore
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
     "IDLE",
     "MEMBER",
     "PENDING",
-    "RUNNING",
     "SEG_FAILED",
     "CheckpointRecord",
     "EventRecord",

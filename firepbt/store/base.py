@@ -10,13 +10,16 @@ Rules of the contract (the conformance suite in ``firepbt.store.conformance`` ch
   key already exists raises ``StoreError`` (never a silent overwrite). The only change allowed to
   a checkpoint record is ``mark_checkpoint_deleted``.
 * **Upserts.** Worker and segment records are replaced whole by ``put_worker``/``put_segment``.
-* **Compare-and-set.** ``claim_segment`` moves a segment from ``pending`` to ``running`` only if
-  its epoch matches; it returns False otherwise, so a task is claimed once.
 * **Reads** return frozen records ordered by id (metrics by worker, segment, step); unknown ids
   raise ``KeyError``.
+* **Metric values.** A metric row's ``value`` and each value of its ``extra`` mapping is a
+  finite float or None: NaN (and, in ``extra``, +-inf) is stored as None, an invalid
+  observation.
 * **Versions.** A store written by a newer ``FORMAT_VERSION`` is refused with
-  ``FormatVersionError``; a file that is not a store raises ``StoreCorrupt`` naming the file and
-  is never overwritten.
+  ``FormatVersionError``; an older one opens (a version 1 store, from before metric rows had
+  ``extra``, reads back empty ``extra`` mappings, and is upgraded in place by SQLite's first
+  metric write or PostgreSQL's opening); a file that is not a store raises ``StoreCorrupt``
+  naming the file and is never overwritten.
 * **Lock.** ``acquire_lock`` raises ``ExperimentLocked`` naming pid, host and since-time while
   another holder's lock is fresher than ``stale_after_s``; a stale lock is taken over.
 * **Fencing.** ``transaction(fence=holder)`` checks, inside the transaction and so atomically
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +49,8 @@ from firepbt.states import (  # noqa: F401 - re-exported: the store's vocabulary
     SEG_FAILED,
 )
 
-FORMAT_VERSION = 1
-
-RUNNING = "running"  # a claimed segment (claim_segment)
+# 2: metric rows carry ``extra`` (the other named metrics); segments lost the unused ``owner``.
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -97,18 +99,23 @@ class SegmentRecord:
     attempts: int = 0
     to_checkpoint: int | None = None
     error: str | None = None
-    owner: str | None = None
 
 
 @dataclass(frozen=True)
 class MetricRow:
-    """One point of a learning curve; value None marks an invalid (NaN/None) observation."""
+    """One point of a learning curve; value None marks an invalid (NaN/None) observation.
+
+    ``value`` is the run's metric (the fitness, as the task reported it); ``extra`` holds the
+    other named metrics ``evaluate()`` returned at this point (name -> value, None where it was
+    NaN, infinite or not a number), empty when it returned one number.
+    """
 
     worker: int
     segment: int
     step: int
     value: float | None
     time: float
+    extra: Mapping[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -250,10 +257,6 @@ class Store(ABC):
     def segments(self, status: str | None = None, worker: int | None = None) -> list[SegmentRecord]:
         """Segments ordered by id, optionally filtered."""
 
-    @abstractmethod
-    def claim_segment(self, segment_id: int, epoch: int, owner: str) -> bool:
-        """Atomically move a pending segment with this epoch to running; False if not."""
-
     # -- metrics -----------------------------------------------------------------------------
     @abstractmethod
     def add_metrics(self, rows: Sequence[MetricRow]) -> None:
@@ -301,9 +304,3 @@ class Store(ABC):
             if cid is not None and m.value is not None:
                 out[cid] = m.value
         return out
-
-
-def iter_chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
-    """Split ``seq`` in chunks of ``n`` (for bounded SQL statements)."""
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]

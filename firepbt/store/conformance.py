@@ -31,10 +31,11 @@ import pytest
 
 from firepbt.errors import ConfigError, ExperimentLocked, LockLost, StoreError
 from firepbt.store.base import (
+    COMPLETED,
     EVALUATOR,
     MEMBER,
     PENDING,
-    RUNNING,
+    SEG_FAILED,
     CheckpointRecord,
     EventRecord,
     LockHolder,
@@ -47,11 +48,11 @@ from firepbt.store.base import (
 __all__ = [
     "StoreFactory",
     "check_concurrent_writers",
+    "claim",
     "contend",
     "store",
     "test_checkpoint_filters_and_deleted",
     "test_checkpoints_are_append_only",
-    "test_claim_segment_is_compare_and_set",
     "test_empty_store",
     "test_events_get_increasing_ids_and_filter",
     "test_experiment_created_once",
@@ -64,6 +65,7 @@ __all__ = [
     "test_lock_acquire_refresh_release",
     "test_lock_is_shared_between_connections",
     "test_metrics_are_append_only_per_batch",
+    "test_metrics_keep_extra_named_values",
     "test_metrics_ordered_and_filtered",
     "test_nested_transaction_raises",
     "test_next_id_is_monotonic_per_counter",
@@ -139,8 +141,11 @@ def _segment(i: int, worker: int = 1, **kw: object) -> SegmentRecord:
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
-def _metric(worker: int, segment: int, step: int, value: float | None = 1.0) -> MetricRow:
-    return MetricRow(worker=worker, segment=segment, step=step, value=value, time=float(step))
+def _metric(
+    worker: int, segment: int, step: int, value: float | None = 1.0, **extra: float | None
+) -> MetricRow:
+    return MetricRow(worker=worker, segment=segment, step=step, value=value, time=float(step),
+                     extra=extra)
 
 
 def _event(kind: str = "exploit", worker: int = 1, **kw: object) -> EventRecord:
@@ -214,8 +219,8 @@ def test_non_json_values_are_refused(store: Store) -> None:
 def test_records_round_trip(store: Store) -> None:
     w = _worker(3, role=EVALUATOR, subpop=2, step=40, checkpoint=7, failures=1, overwrites=2)
     c = _checkpoint(7, worker=3)
-    s = _segment(5, worker=3, status=RUNNING, attempts=2, to_checkpoint=7, error="x", owner="o")
-    m = _metric(3, 5, 40, value=-1.5)
+    s = _segment(5, worker=3, status=SEG_FAILED, attempts=2, to_checkpoint=7, error="x")
+    m = _metric(3, 5, 40, value=-1.5, loss=0.25)
     e = _event(worker=3, donor=None, donor_checkpoint=None, old_hparams=None, new_hparams=None)
     store.put_worker(w)
     store.add_checkpoint(c)
@@ -251,7 +256,7 @@ def test_upserts_replace_whole_records(store: Store) -> None:
     store.put_worker(_worker(1, info={"a": 1}))
     store.put_worker(_worker(1, step=50, info={"b": 2}))
     assert store.worker(1) == _worker(1, step=50, info={"b": 2})
-    store.put_segment(_segment(1, owner="x"))
+    store.put_segment(_segment(1, error="x"))
     store.put_segment(_segment(1, status="completed"))
     assert store.segment(1) == _segment(1, status="completed")
     assert len(store.workers()) == 1 and len(store.segments()) == 1
@@ -266,7 +271,6 @@ def test_unknown_ids_raise_key_error(store: Store) -> None:
         lambda: store.checkpoint(2),
         lambda: store.segment(2),
         lambda: store.mark_checkpoint_deleted(2),
-        lambda: store.claim_segment(2, 0, "me"),
     ):
         with pytest.raises(KeyError, match="2"):
             read()
@@ -293,25 +297,14 @@ def test_checkpoint_filters_and_deleted(store: Store) -> None:
 
 
 def test_segments_filtered_and_ordered(store: Store) -> None:
-    for i, worker, status in [(3, 1, PENDING), (1, 2, RUNNING), (2, 1, RUNNING), (4, 2, PENDING)]:
+    for i, worker, status in [(3, 1, PENDING), (1, 2, COMPLETED), (2, 1, COMPLETED),
+                              (4, 2, PENDING)]:
         store.put_segment(_segment(i, worker=worker, status=status))
     assert [s.id for s in store.segments()] == [1, 2, 3, 4]
-    assert [s.id for s in store.segments(status=RUNNING)] == [1, 2]
+    assert [s.id for s in store.segments(status=COMPLETED)] == [1, 2]
     assert [s.id for s in store.segments(worker=2)] == [1, 4]
     assert [s.id for s in store.segments(status=PENDING, worker=1)] == [3]
     assert store.segments(status="cancelled") == []
-
-
-def test_claim_segment_is_compare_and_set(store: Store) -> None:
-    store.put_segment(_segment(1, epoch=2))
-    assert not store.claim_segment(1, epoch=1, owner="a")  # a stale lease
-    assert store.segment(1).status == PENDING
-    assert store.claim_segment(1, epoch=2, owner="a")
-    assert not store.claim_segment(1, epoch=2, owner="b")  # claimed once
-    got = store.segment(1)
-    assert (got.status, got.owner, got.attempts) == (RUNNING, "a", 0)
-    store.put_segment(_segment(2, status="completed"))
-    assert not store.claim_segment(2, epoch=0, owner="a")
 
 
 def test_metrics_ordered_and_filtered(store: Store) -> None:
@@ -324,6 +317,27 @@ def test_metrics_ordered_and_filtered(store: Store) -> None:
     assert [m.step for m in store.metrics(worker=2)] == [5]
     store.add_metrics([_metric(3, 1, 1, value=math.nan), _metric(3, 1, 2, value=None)])
     assert [m.value for m in store.metrics(worker=3)] == [None, None]  # invalid observations
+
+
+def test_metrics_keep_extra_named_values(store: Store) -> None:
+    store.add_metrics([
+        _metric(1, 1, 1, 0.5, loss=2.0, top5=0.9),
+        _metric(1, 1, 2, 0.6, loss=math.nan, top5=math.inf),  # invalid: None, like the fitness
+        _metric(1, 1, 3, 0.7),  # evaluate() returned one number here
+        MetricRow(worker=1, segment=1, step=4, value=0.8, time=4.0),  # the default: none
+    ])
+    got = store.metrics()
+    assert [dict(m.extra) for m in got] == [
+        {"loss": 2.0, "top5": 0.9}, {"loss": None, "top5": None}, {}, {}]
+    assert got[0] == _metric(1, 1, 1, 0.5, loss=2.0, top5=0.9)
+    with pytest.raises(TypeError):
+        got[0].extra["loss"] = 1.0  # type: ignore[index]
+    assert isinstance(got[0].extra["loss"], float)
+    # Values are numbers or None: anything else is refused, naming the metric, and nothing of
+    # the batch is added.
+    with pytest.raises(StoreError, match="'loss'"):
+        store.add_metrics([_metric(2, 1, 1), _metric(2, 1, 2, loss="low")])  # type: ignore[arg-type]
+    assert store.metrics(worker=2) == []
 
 
 def test_metrics_are_append_only_per_batch(store: Store) -> None:
@@ -357,7 +371,7 @@ def _write_everything(store: Store) -> None:
     store.add_checkpoint(_checkpoint(1))
     store.mark_checkpoint_deleted(1)
     store.put_segment(_segment(1))
-    store.add_metrics([_metric(1, 1, 1)])
+    store.add_metrics([_metric(1, 1, 1, loss=0.5)])
     store.add_event(_event())
     store.put_state("round", 1)
     store.next_id("checkpoint")
@@ -370,7 +384,7 @@ def test_transaction_commits_all_writes(store: Store) -> None:
     assert store.worker(1) == _worker(1)
     assert store.checkpoint(1).deleted
     assert store.segment(1) == _segment(1)
-    assert store.metrics() == [_metric(1, 1, 1)]
+    assert store.metrics() == [_metric(1, 1, 1, loss=0.5)]
     assert len(store.events()) == 1
     assert store.get_state("round") == 1
     assert store.next_id("checkpoint") == 2
@@ -388,8 +402,8 @@ def test_transaction_rolls_back_every_write(store: Store) -> None:
         store.put_worker(_worker(2))
         store.mark_checkpoint_deleted(1)
         store.add_checkpoint(_checkpoint(2))
-        assert store.claim_segment(1, epoch=3, owner="x")
-        store.add_metrics([_metric(1, 1, 1)])
+        store.put_segment(_segment(1, epoch=4, status=COMPLETED))
+        store.add_metrics([_metric(1, 1, 1, loss=0.5)])
         store.add_event(_event())
         store.put_state("round", 1)
         store.next_id("checkpoint")
@@ -435,9 +449,10 @@ def test_transaction_invisible_until_commit(store_factory: StoreFactory, store: 
     try:
         with store.transaction():
             store.put_worker(_worker(1))
-            store.add_metrics([_metric(1, 1, 1)])
+            store.add_metrics([_metric(1, 1, 1, loss=0.5)])
             assert reader.workers() == [] and reader.metrics() == []
-        assert reader.workers() == [_worker(1)] and reader.metrics() == [_metric(1, 1, 1)]
+        assert reader.workers() == [_worker(1)]
+        assert reader.metrics() == [_metric(1, 1, 1, loss=0.5)]
     finally:
         reader.close()
 
@@ -466,7 +481,7 @@ def test_records_survive_reopen(store_factory: StoreFactory, store: Store) -> No
         assert again.workers() == [_worker(1)]
         assert again.checkpoints(include_deleted=True) == [_checkpoint(1, deleted=True)]
         assert again.segments() == [_segment(1)]
-        assert again.metrics() == [_metric(1, 1, 1)]
+        assert again.metrics() == [_metric(1, 1, 1, loss=0.5)]
         assert [e.kind for e in again.events()] == ["exploit"]
         assert again.get_state("round") == 1
     finally:
@@ -584,6 +599,21 @@ def test_fenced_transaction_sees_a_takeover_by_another_connection(
 # -- many processes --------------------------------------------------------------------------
 
 
+def claim(store: Store, segment_id: int, owner: str) -> bool:
+    """Claim a pending segment once: a compare-and-set built from a read-modify-write.
+
+    Call it inside ``store.transaction()``: the transaction makes the read and the two writes
+    (the segment marked completed, ``owner`` recorded in state ``claimed/<id>``) one atomic
+    step, so of several processes claiming the same segment exactly one gets True.
+    """
+    seg = store.segment(segment_id)
+    if seg.status != PENDING:
+        return False
+    store.put_segment(dataclasses.replace(seg, status=COMPLETED))
+    store.put_state(f"claimed/{segment_id}", owner)
+    return True
+
+
 def contend(
     factory: Callable[[], Store],
     owner: str,
@@ -591,7 +621,7 @@ def contend(
     seed: int,
     rounds: Barrier | None = None,
 ) -> list[int]:
-    """Try to claim every segment of ``segment_ids`` (epoch 0); return the ones it got.
+    """Try to :func:`claim` every segment of ``segment_ids``; return the ones it got.
 
     Each try is one transaction that also increments the state counters ``"tries"`` and (on
     success) ``"claims"`` by read-modify-write, so a lost update shows up as a final count
@@ -607,7 +637,7 @@ def contend(
                 rounds.wait()
             with store.transaction():
                 store.put_state("tries", store.get_state("tries", 0) + 1)
-                if store.claim_segment(segment_id, epoch=0, owner=owner):
+                if claim(store, segment_id, owner):
                     claimed.append(segment_id)
                     store.put_state("claims", store.get_state("claims", 0) + 1)
     return claimed
@@ -652,7 +682,8 @@ def check_concurrent_writers(
         assert store.get_state("tries") == processes * segments, "a read-modify-write was lost"
         assert store.get_state("claims") == segments, "a read-modify-write was lost"
         owners = {i: owner for owner, got in claims.items() for i in got}
-        assert {s.id: s.owner for s in store.segments(status=RUNNING)} == owners
+        assert {i: store.get_state(f"claimed/{i}") for i in ids} == owners
+        assert [s.id for s in store.segments(status=COMPLETED)] == ids
 
 
 # --------------------------------------------------------------------------------------------

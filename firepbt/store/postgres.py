@@ -62,8 +62,6 @@ from firepbt.errors import ConfigError, FormatVersionError, StoreCorrupt, StoreE
 from firepbt.store.base import (
     COMPLETED,
     FORMAT_VERSION,
-    PENDING,
-    RUNNING,
     CheckpointRecord,
     EventRecord,
     LockHolder,
@@ -72,7 +70,7 @@ from firepbt.store.base import (
     Store,
     WorkerRecord,
 )
-from firepbt.store.memory import (
+from firepbt.store.codec import (
     check_fence,
     check_lock,
     columns,
@@ -100,7 +98,7 @@ _BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 # down or starting up. Class 08 (connection exceptions) and a broken connection count too.
 _RETRY_STATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
 
-# Column names and order match the record fields (firepbt.store.memory.columns). JSON stays
+# Column names and order match the record fields (firepbt.store.codec.columns). JSON stays
 # TEXT, not jsonb: jsonb would reorder keys and reformat numbers, and the rows must come back
 # exactly as the SQLite and memory backends return them.
 _SCHEMA = """
@@ -126,12 +124,13 @@ CREATE TABLE {s}.segments (
     id BIGINT PRIMARY KEY, worker BIGINT NOT NULL, epoch BIGINT NOT NULL,
     start_step BIGINT NOT NULL, end_step BIGINT NOT NULL, from_checkpoint BIGINT,
     hparams TEXT NOT NULL, status TEXT NOT NULL, attempts BIGINT NOT NULL,
-    to_checkpoint BIGINT, error TEXT, owner TEXT);
+    to_checkpoint BIGINT, error TEXT);
 CREATE INDEX segments_by_status ON {s}.segments (status, id);
 CREATE INDEX segments_by_worker ON {s}.segments (worker, id);
 CREATE TABLE {s}.metrics (
     worker BIGINT NOT NULL, segment BIGINT NOT NULL, step BIGINT NOT NULL,
-    value DOUBLE PRECISION, time DOUBLE PRECISION NOT NULL, PRIMARY KEY (worker, segment, step));
+    value DOUBLE PRECISION, time DOUBLE PRECISION NOT NULL, extra TEXT,
+    PRIMARY KEY (worker, segment, step));
 CREATE INDEX metrics_by_segment ON {s}.metrics (segment);
 CREATE TABLE {s}.events (
     id BIGINT PRIMARY KEY, kind TEXT NOT NULL, worker BIGINT NOT NULL, step BIGINT NOT NULL,
@@ -471,6 +470,13 @@ class PostgresStore(Store):
             )
         if missing := _TABLES - tables:
             raise StoreCorrupt(f"{where}: firepbt store without tables {sorted(missing)}")
+        if int(version) < 2:
+            # Format 1 to 2 (under the experiment's write lock): metric rows gain ``extra``.
+            # Adding a nullable column rewrites no rows; the statements prepared next use it.
+            s = f'"{self.schema}"'
+            conn.execute(f"ALTER TABLE {s}.metrics ADD COLUMN IF NOT EXISTS extra TEXT")
+            conn.execute(f"UPDATE {s}.meta SET value = %s WHERE key = 'format_version'",
+                         (str(FORMAT_VERSION),))
 
     @staticmethod
     def _statements(schema: str) -> dict[str, str]:
@@ -531,16 +537,13 @@ class PostgresStore(Store):
                                   "RETURNING id"),
             "put_segment": upsert("segments", SegmentRecord),
             "segments": select("segments", SegmentRecord),
-            "claim": (f"UPDATE {s}.segments SET status = %s, owner = %s "
-                      "WHERE id = %s AND epoch = %s AND status = %s RETURNING id"),
-            "segment_exists": f"SELECT 1 FROM {s}.segments WHERE id = %s",
             "metrics": select("metrics", MetricRow),
             "metrics_clash": (f"SELECT m.worker, m.segment, m.step FROM {s}.metrics m JOIN "
                               "unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS k(w, g, t) "
                               "ON m.worker = k.w AND m.segment = k.g AND m.step = k.t"),
-            "add_metrics": (f"INSERT INTO {s}.metrics (worker, segment, step, value, time) "
-                            "SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], "
-                            "%s::float8[], %s::float8[])"),
+            "add_metrics": (f"INSERT INTO {s}.metrics (worker, segment, step, value, time, "
+                            "extra) SELECT * FROM unnest(%s::bigint[], %s::bigint[], "
+                            "%s::bigint[], %s::float8[], %s::float8[], %s::text[])"),
             "add_event": (f"INSERT INTO {s}.events ({', '.join(event_cols)}) VALUES "
                           f"({', '.join(['%s'] * len(event_cols))})"),
             "events": select("events", EventRecord),
@@ -888,18 +891,6 @@ class PostgresStore(Store):
 
     def segments(self, status: str | None = None, worker: int | None = None) -> list[SegmentRecord]:
         return self._many("segments", SegmentRecord, "id", status=status, worker=worker)
-
-    def claim_segment(self, segment_id: int, epoch: int, owner: str) -> bool:
-        claim, exists = self._sql["claim"], self._sql["segment_exists"]
-
-        def op(conn: Conn) -> bool:
-            if self._exec(claim, (RUNNING, owner, segment_id, epoch, PENDING)).fetchall():
-                return True
-            if self._exec(exists, (segment_id,)).fetchall():
-                return False
-            raise KeyError(f"unknown segment {segment_id!r}")
-
-        return bool(self._call(op, write=True))
 
     def add_metrics(self, rows: Sequence[MetricRow]) -> None:
         encoded = [to_row(r) for r in rows]

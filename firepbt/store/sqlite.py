@@ -32,9 +32,8 @@ from typing import Any, TypeVar
 
 from firepbt.errors import ConfigError, FormatVersionError, StoreCorrupt, StoreError
 from firepbt.store.base import (
+    COMPLETED,
     FORMAT_VERSION,
-    PENDING,
-    RUNNING,
     CheckpointRecord,
     EventRecord,
     LockHolder,
@@ -43,7 +42,7 @@ from firepbt.store.base import (
     Store,
     WorkerRecord,
 )
-from firepbt.store.memory import (
+from firepbt.store.codec import (
     check_fence,
     check_lock,
     columns,
@@ -62,7 +61,7 @@ _HEADER = b"SQLite format 3\x00"
 # SQLite's busy handler waits at most this long per attempt; _retry then tries again.
 _BUSY_TIMEOUT_S = 0.05
 
-# Column names match the record fields (firepbt.store.memory.columns), in the same order.
+# Column names match the record fields (firepbt.store.codec.columns), in the same order.
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE experiment (id INTEGER PRIMARY KEY CHECK (id = 1), config TEXT NOT NULL);
@@ -84,12 +83,12 @@ CREATE TABLE segments (
     id INTEGER PRIMARY KEY, worker INTEGER NOT NULL, epoch INTEGER NOT NULL,
     start_step INTEGER NOT NULL, end_step INTEGER NOT NULL, from_checkpoint INTEGER,
     hparams TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL,
-    to_checkpoint INTEGER, error TEXT, owner TEXT);
+    to_checkpoint INTEGER, error TEXT);
 CREATE INDEX segments_by_status ON segments (status, id);
 CREATE INDEX segments_by_worker ON segments (worker, id);
 CREATE TABLE metrics (
     worker INTEGER NOT NULL, segment INTEGER NOT NULL, step INTEGER NOT NULL, value REAL,
-    time REAL NOT NULL, PRIMARY KEY (worker, segment, step)) WITHOUT ROWID;
+    time REAL NOT NULL, extra TEXT, PRIMARY KEY (worker, segment, step)) WITHOUT ROWID;
 CREATE TABLE events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, worker INTEGER NOT NULL,
     step INTEGER NOT NULL, time REAL NOT NULL, donor INTEGER, donor_checkpoint INTEGER,
@@ -117,6 +116,17 @@ def _where(**filters: Any) -> tuple[str, tuple[Any, ...]]:
     used = {k: v for k, v in filters.items() if v is not None}
     clause = " AND ".join(f"{k} = ?" for k in used)
     return (f" WHERE {clause}" if clause else ""), tuple(used.values())
+
+
+def _has_extra(conn: sqlite3.Connection) -> bool:
+    """Whether the metrics table has the ``extra`` column (format 2)."""
+    return any(r[1] == "extra" for r in conn.execute("PRAGMA table_info(metrics)"))
+
+
+def _chunks(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
+    """Split ``seq`` in chunks of ``n`` (SQLite bounds the parameters of one statement)."""
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -153,6 +163,10 @@ class SQLiteStore(Store):
         self._timeout_s = timeout_s
         self._mutex = threading.RLock()
         self._in_tx = False
+        # Whether the metrics table has the ``extra`` column (a format 1 file lacks it until
+        # its first metric write adds it), and whether the open transaction added it.
+        self._extra = True
+        self._upgrading = False
         self._conn: sqlite3.Connection | None = None
         if not self.path.exists():
             if not create:
@@ -217,16 +231,16 @@ class SQLiteStore(Store):
         return self._conn
 
     def _validate(self) -> None:
-        def read(conn: sqlite3.Connection) -> tuple[set[str], str, str | None]:
+        def read(conn: sqlite3.Connection) -> tuple[set[str], str, str | None, bool]:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
             version = None
             if "meta" in tables:
                 found = conn.execute("SELECT value FROM meta WHERE key = 'format_version'")
                 version = next((r[0] for r in found), None)
-            return tables, check, version
+            return tables, check, version, _has_extra(conn)
 
-        tables, check, version = self._call(read)
+        tables, check, version, self._extra = self._call(read)
         if check != "ok":
             raise StoreCorrupt(f"{self.path}: damaged SQLite file ({check}); left untouched")
         if "meta" not in tables:
@@ -238,7 +252,8 @@ class SQLiteStore(Store):
                 f"{self.path}: store format version {version} is newer than the version this "
                 f"firepbt reads ({FORMAT_VERSION}); upgrade firepbt to open it"
             )
-        # Older versions would be upgraded here, explicitly, once a version 2 exists.
+        # Format 1 (no metrics.extra) is read as it is, with empty extra metrics, so read-only
+        # tools never change a file; the first metric write upgrades it (_upgrade_metrics).
         if missing := _TABLES - tables:
             raise StoreCorrupt(f"{self.path}: firepbt store without tables {sorted(missing)}")
 
@@ -336,6 +351,7 @@ class SQLiteStore(Store):
                 yield
                 with self._translated():
                     conn.execute("COMMIT")
+                self._extra = self._extra or self._upgrading
             except BaseException:
                 with self._translated():
                     if conn.in_transaction:  # False after a successful COMMIT
@@ -343,6 +359,7 @@ class SQLiteStore(Store):
                 raise
             finally:
                 self._in_tx = False
+                self._upgrading = False
 
     # -- experiment ----------------------------------------------------------------------
     def create_experiment(self, config: Mapping[str, Any]) -> None:
@@ -474,21 +491,6 @@ class SQLiteStore(Store):
         where, params = _where(status=status, worker=worker)
         return self._many("segments", SegmentRecord, where, params, "id")
 
-    def claim_segment(self, segment_id: int, epoch: int, owner: str) -> bool:
-        def op(conn: sqlite3.Connection) -> bool:
-            claimed = conn.execute(
-                "UPDATE segments SET status = ?, owner = ? "
-                "WHERE id = ? AND epoch = ? AND status = ?",
-                (RUNNING, owner, segment_id, epoch, PENDING),
-            ).rowcount
-            if claimed:
-                return True
-            if conn.execute("SELECT 1 FROM segments WHERE id = ?", (segment_id,)).fetchone():
-                return False
-            raise KeyError(f"unknown segment {segment_id!r}")
-
-        return self._call(op, write=True)
-
     def add_metrics(self, rows: Sequence[MetricRow]) -> None:
         sql, encoded = _insert("metrics", MetricRow), [to_row(r) for r in rows]
 
@@ -499,6 +501,8 @@ class SQLiteStore(Store):
             return found.fetchone() is not None
 
         def op(conn: sqlite3.Connection) -> None:
+            if not self._extra:
+                self._upgrade_metrics(conn)
             conn.execute("SAVEPOINT batch")
             try:
                 conn.executemany(sql, encoded)
@@ -515,10 +519,30 @@ class SQLiteStore(Store):
 
         if encoded:
             self._call(op, write=True)
+            if not self._in_tx:  # committed (inside a transaction: at its COMMIT)
+                self._extra = self._extra or self._upgrading
+                self._upgrading = False
+
+    def _upgrade_metrics(self, conn: sqlite3.Connection) -> None:
+        """Format 1 to 2, inside the caller's write: add the metrics' ``extra`` column."""
+        if _has_extra(conn):
+            return
+        conn.execute("ALTER TABLE metrics ADD COLUMN extra TEXT")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'",
+                     (str(FORMAT_VERSION),))
+        self._upgrading = True
 
     def metrics(self, worker: int | None = None) -> list[MetricRow]:
         where, params = _where(worker=worker)
-        return self._many("metrics", MetricRow, where, params, "worker, segment, step")
+        if not self._extra and not self._in_tx:  # another connection may have upgraded it
+            self._extra = self._call(_has_extra)
+        if self._extra or self._upgrading:
+            return self._many("metrics", MetricRow, where, params, "worker, segment, step")
+        # A format 1 file: no extra metrics were recorded.
+        sql = (f"SELECT worker, segment, step, value, time, NULL FROM metrics{where} "
+               "ORDER BY worker, segment, step")
+        rows = self._call(lambda c: c.execute(sql, params).fetchall())
+        return [from_row(MetricRow, row) for row in rows]
 
     def add_event(self, rec: EventRecord) -> int:
         cols = columns(EventRecord)[1:]  # the id is assigned by AUTOINCREMENT
@@ -550,12 +574,9 @@ class SQLiteStore(Store):
             " AND m.value IS NOT NULL ORDER BY m.step DESC LIMIT 1)"
             " FROM checkpoints c WHERE c.id IN ({})"
         )
-        # Imported here to keep this block self-contained (others edit the top of the file).
-        from firepbt.store.base import COMPLETED, iter_chunks
-
         ids = sorted(set(checkpoints))
         out: dict[int, float | None] = dict.fromkeys(ids)
-        for chunk in iter_chunks(ids, 500):
+        for chunk in _chunks(ids, 500):
             q = sql.format(", ".join("?" * len(chunk)))
             params = (COMPLETED, *chunk)
 

@@ -95,3 +95,21 @@ def browser() -> Iterator[Any]:
             yield b
         finally:
             b.close()
+
+
+class TwoMetrics(QuadraticToy):
+    """evaluate() returns the toy's objective as "score" (the fitness) and a "distance"."""
+
+    def evaluate(self) -> Any:  # type: ignore[override]
+        score = super().evaluate()
+        return {"score": score, "distance": 1.2 - score}
+
+
+@pytest.fixture(scope="session")
+def metrics_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A PBT run whose task reports a second named metric next to the fitness."""
+    path = str(tmp_path_factory.mktemp("metrics") / "two-metrics.db")
+    res = run(TwoMetrics, algorithm=PBT(population=4), steps=40, interval=4, metric="score",
+              store=path, executor="inprocess", mode="sync", seed=0)
+    res.store.close()
+    return path

@@ -103,6 +103,7 @@ def test_dashboard_loads_and_shows_every_view(context: Any, dashboard: str, shot
     for sel in ("#curves-0-P1", "#schedule-0-0", "#lineage-0-plot"):
         page.wait_for_selector(f"{sel} .main-svg", timeout=WAIT_MS)
     assert "fitness (higher is better)" in page.locator("#curves-0").inner_text()
+    assert page.locator("#metric-0").count() == 0  # one metric: nothing to pick
     # log y toggles the axis (the NQM fitness is a negative loss: the log view shows -fitness).
     page.click("#logy-0")
     page.wait_for_function("document.getElementById('curves-0-P1')._fullLayout.yaxis.type"
@@ -311,3 +312,40 @@ def test_offline_report_opens_with_the_network_disabled(browser: Any, pbt_store:
     finally:
         ctx.close()
     assert requested == [], f"the offline report asked the network for {requested}"
+
+
+# JS: the y values of the bold best-lineage trace of a curves panel.
+BEST_Y = """(id) => document.getElementById(id).data.find(
+  (t) => t.customdata === null || t.customdata === undefined).y"""
+
+
+def test_the_curves_panel_shows_the_metric_the_user_picks(browser: Any, metrics_store: str,
+                                                          tmp_path: Path, shots: Path) -> None:
+    report = write_report(metrics_store, tmp_path / "metrics.html")
+    ctx = browser.new_context(offline=True, viewport={"width": 1280, "height": 900})
+    try:
+        tab = Page(ctx)
+        page = tab.open(report.as_uri())
+        page.wait_for_selector("#curves-0-P1 .main-svg", timeout=WAIT_MS)
+        # The fitness first (the default), then each other name evaluate() returned.
+        assert page.locator("#metric-0 option").all_inner_texts() == ["score (fitness)",
+                                                                     "distance"]
+        assert page.input_value("#metric-0") == "0"
+        assert "score (higher is better)" in page.locator("#curves-0-P1").inner_text()
+        score = page.evaluate(BEST_Y, "curves-0-P1")
+        page.select_option("#metric-0", label="distance")
+        page.wait_for_function("document.getElementById('curves-0-P1')._fullLayout.yaxis"
+                               ".title.text === 'distance'", timeout=WAIT_MS)
+        distance = page.evaluate(BEST_Y, "curves-0-P1")
+        assert len(distance) == len(score) > 0
+        assert distance == pytest.approx([1.2 - s for s in score])
+        # Members' curves switch too, and the log axis works on the picked metric.
+        page.click("#logy-0")
+        page.wait_for_function("document.getElementById('curves-0-P1')._fullLayout.yaxis.type"
+                               " === 'log'", timeout=WAIT_MS)
+        assert page.input_value("#metric-0") == "1"
+        assert "distance" in page.locator("#curves-0-P1").inner_text()
+        tab.shot("#curves-0", shots / "report-metric-picker.png")
+        assert tab.errors == []
+    finally:
+        ctx.close()

@@ -226,3 +226,34 @@ def test_cli_serves_the_stores(pbt_store: str, fire_store: str) -> None:
         proc.terminate()
         out, err = proc.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}/" in out and "warning" not in err
+
+
+def test_the_views_carry_every_named_metric_aligned_with_its_steps(metrics_store: str) -> None:
+    from firepbt.dashboard.data import run_payload
+
+    with open_store(metrics_store, create=False) as st:
+        views = run_payload(st)
+        res = Result(st)
+        assert views["extra_metrics"] == ["distance"] == res.metric_names()[1:]
+        rows = {(r.segment, r.step): r for r in st.metrics()}
+        segments = {s.id: s for s in st.segments()}
+        for seg, (steps, score, distance) in views["points"].items():
+            for step, s, d in zip(steps, score, distance, strict=True):
+                row = rows[(int(seg), step)]
+                assert segments[int(seg)].worker == row.worker
+                assert (s, d) == (row.value, row.extra["distance"])
+        # The best lineage too: the same steps as Result's curves of that member.
+        curves = res.metric_curves(views["best"])
+        steps, score, distance = views["best_curve"]
+        assert list(zip(steps, score, strict=True)) == curves["score"]
+        assert list(zip(steps, distance, strict=True)) == curves["distance"]
+
+
+def test_a_task_that_returns_one_number_sends_two_columns(pbt_store: str) -> None:
+    from firepbt.dashboard.data import run_payload
+
+    with open_store(pbt_store, create=False) as st:
+        views = run_payload(st)
+    assert views["extra_metrics"] == []
+    assert {len(cols) for cols in views["points"].values()} == {2}
+    assert len(views["best_curve"]) == 2

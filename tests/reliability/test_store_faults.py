@@ -16,6 +16,7 @@ from firepbt.checkpoints import CheckpointDir, CheckpointFormatError, default_ro
 from firepbt.errors import FormatVersionError, StoreError
 from firepbt.invariants import check_store
 from firepbt.store import SegmentRecord, open_store
+from firepbt.store.conformance import claim
 
 
 def small_store(path: Path) -> Path:
@@ -87,8 +88,11 @@ def test_newer_checkpoint_format_is_refused_before_load(tmp_path: Path) -> None:
 
 def _claimer(path: str, n_segments: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
     st = open_store(path)
-    claimed = [sid for sid in range(1, n_segments + 1)
-               if st.claim_segment(sid, 0, f"pid-{os.getpid()}")]
+    claimed = []
+    for sid in range(1, n_segments + 1):
+        with st.transaction():
+            if claim(st, sid, f"pid-{os.getpid()}"):
+                claimed.append(sid)
     ids = [st.next_id("shared") for _ in range(10)]
     st.close()
     out.put((claimed, ids))

@@ -138,6 +138,23 @@ def test_newer_format_version_is_refused(postgres_url: str) -> None:
         open_store(postgres_url)
 
 
+def test_a_format_1_store_is_upgraded_when_opened(postgres_url: str) -> None:
+    with open_store(postgres_url) as store:
+        store.add_metrics([MetricRow(1, 1, 5, 0.5, 0.0)])
+    schema = parse_url(postgres_url).schema
+    with _raw(postgres_url) as raw:  # back to what firepbt wrote before metric rows had extra
+        raw.execute(f"ALTER TABLE {schema}.metrics DROP COLUMN extra")
+        raw.execute(f"ALTER TABLE {schema}.segments ADD COLUMN owner TEXT")
+        raw.execute(f"UPDATE {schema}.meta SET value = '1'")
+    with open_store(postgres_url, create=False) as store:
+        assert store.metrics() == [MetricRow(1, 1, 5, 0.5, 0.0)]
+        store.add_metrics([MetricRow(1, 2, 10, 0.6, 1.0, {"loss": 0.4})])
+        assert store.metrics()[1].extra == {"loss": 0.4}
+    with _raw(postgres_url) as raw:
+        version = raw.execute(f"SELECT value FROM {schema}.meta").fetchone()
+    assert version == (str(FORMAT_VERSION),)
+
+
 # -- values travel as client-bound literals: quoting must be exact ------------------------------
 
 # Text with what SQL quoting must get right: quotes, backslashes, %, ;, comments, non-ASCII.

@@ -206,3 +206,90 @@ def test_settings_are_validated(tmp_path: Path, kwargs: dict, match: str) -> Non
 @pytest.mark.slow  # spawning 8 interpreters that import firepbt
 def test_eight_processes_claim_each_segment_once(tmp_path: Path) -> None:
     check_concurrent_writers(functools.partial(SQLiteStore, tmp_path / "exp.db"), processes=8)
+
+
+# The schema of a format 1 store, as firepbt wrote it before metric rows had ``extra`` (and
+# while segments had an ``owner``), verbatim.
+_FORMAT_1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE experiment (id INTEGER PRIMARY KEY CHECK (id = 1), config TEXT NOT NULL);
+CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE lock (
+    id INTEGER PRIMARY KEY CHECK (id = 1), pid INTEGER NOT NULL, host TEXT NOT NULL,
+    since REAL NOT NULL, token TEXT NOT NULL, heartbeat REAL NOT NULL);
+CREATE TABLE workers (
+    id INTEGER PRIMARY KEY, role TEXT NOT NULL, subpop INTEGER NOT NULL, hparams TEXT NOT NULL,
+    step INTEGER NOT NULL, checkpoint INTEGER, status TEXT NOT NULL, failures INTEGER NOT NULL,
+    overwrites INTEGER NOT NULL, info TEXT NOT NULL);
+CREATE TABLE checkpoints (
+    id INTEGER PRIMARY KEY, worker INTEGER NOT NULL, step INTEGER NOT NULL, path TEXT NOT NULL,
+    checksum TEXT NOT NULL, hparams TEXT NOT NULL, parent INTEGER, created REAL NOT NULL,
+    deleted INTEGER NOT NULL);
+CREATE INDEX checkpoints_by_worker ON checkpoints (worker, id);
+CREATE TABLE segments (
+    id INTEGER PRIMARY KEY, worker INTEGER NOT NULL, epoch INTEGER NOT NULL,
+    start_step INTEGER NOT NULL, end_step INTEGER NOT NULL, from_checkpoint INTEGER,
+    hparams TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL,
+    to_checkpoint INTEGER, error TEXT, owner TEXT);
+CREATE INDEX segments_by_status ON segments (status, id);
+CREATE INDEX segments_by_worker ON segments (worker, id);
+CREATE TABLE metrics (
+    worker INTEGER NOT NULL, segment INTEGER NOT NULL, step INTEGER NOT NULL, value REAL,
+    time REAL NOT NULL, PRIMARY KEY (worker, segment, step)) WITHOUT ROWID;
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, worker INTEGER NOT NULL,
+    step INTEGER NOT NULL, time REAL NOT NULL, donor INTEGER, donor_checkpoint INTEGER,
+    old_hparams TEXT, new_hparams TEXT, info TEXT NOT NULL);
+CREATE INDEX events_by_kind ON events (kind, id);
+CREATE INDEX events_by_worker ON events (worker, id);
+"""
+
+
+def _format_1_store(path: Path) -> None:
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.executescript(_FORMAT_1_SCHEMA)
+    raw.execute("INSERT INTO meta VALUES ('format_version', '1')")
+    raw.execute("INSERT INTO experiment VALUES (1, '{\"name\": \"old\"}')")
+    raw.execute("INSERT INTO segments VALUES (1, 1, 0, 0, 10, NULL, '{}', 'pending', 0, NULL,"
+                " NULL, 'pid-7')")
+    raw.executemany("INSERT INTO metrics VALUES (1, 1, ?, ?, 0.0)", [(5, 0.5), (10, None)])
+    raw.commit()
+    raw.close()
+
+
+def _format_version(path: Path) -> str:
+    raw = sqlite3.connect(path)
+    try:
+        return str(raw.execute("SELECT value FROM meta WHERE key = 'format_version'")
+                   .fetchone()[0])
+    finally:
+        raw.close()
+
+
+def test_a_format_1_store_is_read_as_it_is_and_upgraded_by_its_first_metric_write(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    _format_1_store(path)
+    with SQLiteStore(path, create=False) as reader:  # what status, report and check do
+        assert reader.metrics() == [MetricRow(1, 1, 5, 0.5, 0.0), MetricRow(1, 1, 10, None, 0.0)]
+        assert [dict(m.extra) for m in reader.metrics(worker=1)] == [{}, {}]
+        assert reader.segment(1).status == "pending"
+    assert _format_version(path) == "1"  # reading changed nothing
+    with SQLiteStore(path) as writer, SQLiteStore(path, create=False) as reader:
+        with pytest.raises(RuntimeError), writer.transaction():  # a rolled back upgrade...
+            writer.add_metrics([MetricRow(1, 2, 15, 0.6, 1.0, {"loss": 0.4})])
+            assert writer.metrics()[-1].extra == {"loss": 0.4}  # (seen inside it)
+            raise RuntimeError("boom")
+        assert _format_version(path) == "1" and len(writer.metrics()) == 2  # ...left none
+        with writer.transaction():
+            writer.add_metrics([MetricRow(1, 2, 15, 0.6, 1.0, {"loss": 0.4})])
+        writer.add_metrics([MetricRow(1, 3, 20, 0.7, 2.0, {"loss": 0.3})])
+        # A reader opened before the upgrade sees the new column too.
+        assert [dict(m.extra) for m in reader.metrics()] == [{}, {}, {"loss": 0.4},
+                                                            {"loss": 0.3}]
+    assert _format_version(path) == str(FORMAT_VERSION)
+    with SQLiteStore(path, create=False) as again:
+        assert again.metrics()[2] == MetricRow(1, 2, 15, 0.6, 1.0, {"loss": 0.4})

@@ -14,7 +14,7 @@ const FP = (() => {
   const SPARE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
   const PER_MEMBER_TRACES = 60; // above this, one trace per sub-population (fast to draw)
   const CONFIG = { displaylogo: false, responsive: true, scrollZoom: true };
-  const state = { runs: [], live: null, logY: {}, fireHistory: {} };
+  const state = { runs: [], live: null, logY: {}, metricOf: {}, fireHistory: {} };
   const timings = {}; // milliseconds each view took to draw, by section id
 
   // ---- small DOM helpers --------------------------------------------------------------------
@@ -114,15 +114,23 @@ const FP = (() => {
     for (const w of run.workers) ix.worker.set(w.id, w);
     return ix;
   }
-  function lastPoint(run, ix, ckpt) {
+  // Points are columns: [steps, fitness, then one per name of run.extra_metrics]. Metric m is
+  // 0 for the fitness, k for the k-th other name; a segment without that column has no values.
+  function values(pts, m) {
+    return pts[1 + m] || pts[0].map(() => null);
+  }
+  function lastPoint(run, ix, ckpt, m) {
     const seg = ix.segOfCkpt.get(ckpt);
     if (!seg) return null;
     const pts = run.points[String(seg.id)];
     if (!pts) return null;
-    for (let i = pts[0].length - 1; i >= 0; i--) if (pts[1][i] !== null) return [pts[0][i], pts[1][i]];
+    const ys = values(pts, m || 0);
+    for (let i = pts[0].length - 1; i >= 0; i--) if (ys[i] !== null) return [pts[0][i], ys[i]];
     return null;
   }
   function metricName(run) { return `${run.metric.name} (${run.metric.direction})`; }
+  // The names the curves panel can show: the run's metric (the fitness) first.
+  function metricNames(run) { return [run.metric.name, ...(run.extra_metrics || [])]; }
 
   // ---- tooltip ------------------------------------------------------------------------------
   function tooltip() {
@@ -169,7 +177,7 @@ const FP = (() => {
       ...(run.notes || []).map(note));
   }
 
-  function curveTraces(run, ix, sub, negate) {
+  function curveTraces(run, ix, sub, negate, m) {
     const members = run.workers.filter((w) => w.role === "member" && w.subpop === sub);
     const perMember = run.workers.length <= PER_MEMBER_TRACES;
     const groups = new Map();
@@ -186,10 +194,11 @@ const FP = (() => {
       for (const seg of ix.segsOf.get(w.id) || []) {
         const pts = run.points[String(seg.id)];
         if (!pts) continue;
-        const join = seg.from !== null ? lastPoint(run, ix, seg.from) : null;
+        const join = seg.from !== null ? lastPoint(run, ix, seg.from, m) : null;
         if (join) { g.x.push(join[0]); g.y.push(sign * join[1]); g.c.push(seg.id); }
+        const ys = values(pts, m);
         for (let i = 0; i < pts[0].length; i++) {
-          g.x.push(pts[0][i]); g.y.push(pts[1][i] === null ? null : sign * pts[1][i]);
+          g.x.push(pts[0][i]); g.y.push(ys[i] === null ? null : sign * ys[i]);
           g.c.push(seg.id);
         }
       }
@@ -204,7 +213,7 @@ const FP = (() => {
     if (run.best !== null && ix.worker.get(run.best) && ix.worker.get(run.best).subpop === sub
       && members.length) {
       traces.push({ type: "scatter", mode: "lines", x: run.best_curve[0],
-        y: run.best_curve[1].map((v) => (v === null ? null : sign * v)),
+        y: values(run.best_curve, m).map((v) => (v === null ? null : sign * v)),
         name: `best: worker ${run.best}`, hoverinfo: "none", customdata: null,
         line: { width: 3, color: "black" }, showlegend: true });
     }
@@ -213,50 +222,74 @@ const FP = (() => {
 
   function curvesView(run, ri, ix) {
     const subs = run.subpops.length ? run.subpops : [1];
-    const all = [];
-    for (const k of Object.keys(run.points)) for (const v of run.points[k][1]) if (v !== null) all.push(v);
-    const canNegate = all.length > 0 && all.every((v) => v < 0);
     const key = `curves-${ri}`;
+    const names = metricNames(run);
+    // The metric shown: the fitness unless the user picked another (kept across redraws).
+    const metric = () => Math.min(state.metricOf[key] || 0, names.length - 1);
+    // A metric whose every value is negative (e.g. -loss) is drawn negated on the log axis.
+    const canNegate = () => {
+      const all = [];
+      for (const k of Object.keys(run.points)) {
+        for (const v of values(run.points[k], metric())) if (v !== null) all.push(v);
+      }
+      return all.length > 0 && all.every((v) => v < 0);
+    };
     const panels = subs.map((k) => el("div", { id: `curves-${ri}-P${k}`, class: "plot",
       "data-testid": "curves" }));
-    const toggle = el("button", { text: "log y", class: "toggle", id: `logy-${ri}`,
-      title: canNegate ? "fitness is negative: the log view shows -fitness (a loss)" : "" });
+    const toggle = el("button", { text: "log y", class: "toggle", id: `logy-${ri}` });
+    // Which metric the curves show: the fitness, or another name evaluate() returned.
+    const picker = names.length > 1 ? el("select", { id: `metric-${ri}`, class: "picker",
+      "aria-label": "metric shown", title: "the metric the curves show" },
+    ...names.map((n, i) => el("option", { value: String(i),
+      text: i === 0 ? `${n} (fitness)` : n }))) : null;
     const draw = () => {
+      const m = metric();
       const log = !!state.logY[key];
-      const neg = log && canNegate;
+      const negatable = canNegate();
+      const neg = log && negatable;
+      const name = names[m];
       toggle.classList.toggle("on", log);
+      toggle.title = negatable ? `${name} is negative: the log view shows -${name}` : "";
+      if (picker) picker.value = String(m);
       subs.forEach((k, i) => {
-        const yname = neg ? `−${run.metric.name} (log)` : metricName(run);
+        const yname = neg ? `−${name} (log)` : m === 0 ? metricName(run) : name;
         const layout = {
           title: { text: subs.length > 1 ? `P${k}` : "members", x: 0.01, font: { size: 13 } },
           xaxis: { title: { text: "training step" } },
           yaxis: { title: { text: yname }, type: log ? "log" : "linear" },
           margin: { l: 70, r: 10, t: 30, b: 40 }, height: 340, hovermode: "closest",
-          uirevision: `${key}-${log}`, legend: { x: 1, xanchor: "right", y: 0 },
+          uirevision: `${key}-${log}-${m}`, legend: { x: 1, xanchor: "right", y: 0 },
           dragmode: "zoom",
         };
-        Plotly.react(panels[i], curveTraces(run, ix, k, neg), layout, CONFIG);
+        Plotly.react(panels[i], curveTraces(run, ix, k, neg, m), layout, CONFIG);
       });
     };
     toggle.addEventListener("click", () => { state.logY[key] = !state.logY[key]; draw(); });
-    const node = section(`curves-${ri}`, "Fitness curves",
+    if (picker) picker.addEventListener("change", () => {
+      state.metricOf[key] = Number(picker.value);
+      draw();
+    });
+    const node = section(`curves-${ri}`, names.length > 1 ? "Metric curves" : "Fitness curves",
       note("Every member's recorded metric; a jump is an exploit or a transfer (the member " +
         "continued from other weights). Bold: the best member's lineage. Hover for the member " +
-        "and its hyperparameters; drag to zoom, double-click to reset."),
-      el("div", { class: "tools" }, toggle), ...panels);
+        "and its hyperparameters; drag to zoom, double-click to reset." +
+        (picker ? " Pick the metric to show: the fitness (what PBT ranks by) or another one " +
+          "the task's evaluate() returned." : "")),
+      el("div", { class: "tools" }, picker, toggle), ...panels);
     node.draw = () => {
       draw();
       panels.forEach((p) => {
         p.removeAllListeners && p.removeAllListeners("plotly_hover");
         p.on("plotly_hover", (ev) => {
           const pt = ev.points[0];
-          const shown = canNegate && state.logY[key] ? -pt.y : pt.y;
+          const name = names[metric()];
+          const shown = state.logY[key] && canNegate() ? -pt.y : pt.y;
           if (pt.customdata === null || pt.customdata === undefined) {
             // The best lineage: its hyperparameters at this step come from its schedule.
             const piece = (run.schedules[String(run.best)] || []).find(
               ([s, e]) => s < pt.x && pt.x <= e);
             showTip(ev, [`worker ${run.best} (best lineage)`, `step ${pt.x}`,
-              `${run.metric.name} ${fmt(shown)}`,
+              `${name} ${fmt(shown)}`,
               piece ? `trained by worker ${piece[3]}` : "",
               piece ? hpText(run.hparams[piece[2]]) : ""]);
             return;
@@ -264,7 +297,7 @@ const FP = (() => {
           const seg = ix.seg.get(pt.customdata);
           const w = ix.worker.get(seg.worker);
           showTip(ev, [`worker ${w.id} (P${w.subpop})`, `step ${pt.x}`,
-            `${run.metric.name} ${fmt(shown)}`, `segment ${seg.id}: steps ${seg.start}-${seg.end}`,
+            `${name} ${fmt(shown)}`, `segment ${seg.id}: steps ${seg.start}-${seg.end}`,
             hpText(run.hparams[seg.hp])]);
         });
         p.on("plotly_unhover", hideTip);
