@@ -187,13 +187,13 @@ class Result:
     def best_checkpoint(self, member: int | None = None) -> Path:
         """The directory holding the trained weights of ``member`` (default: the best member),
         as the task's ``save()`` wrote it: the task's own ``load()`` reads it. It is verified
-        against its checksum first.
+        against its checksum first; a checkpoint on an fsspec URL is fetched into a local cache.
 
         Raises:
             KeyError: no such member, or no member has a valid metric yet.
             CheckpointError: the checkpoint is gone or fails its checksum.
         """
-        from firepbt.checkpoints import CheckpointDir
+        from firepbt.storage import storage_of
 
         wid = self.best if member is None else member
         if wid is None:
@@ -202,9 +202,7 @@ class Result:
         if w.checkpoint is None:
             raise KeyError(f"worker {wid} has not written a checkpoint yet")
         rec = self.store.checkpoint(w.checkpoint)
-        path = Path(rec.path)
-        CheckpointDir(path.parent).verify(path, rec.checksum)
-        return path
+        return storage_of(rec.path).fetch(rec.path, rec.checksum)
 
     def failures(self) -> list[Failure]:
         """Every failed segment attempt, oldest first."""
