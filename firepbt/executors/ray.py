@@ -203,10 +203,10 @@ class SegmentActor:
             sys.modules["torch"].set_num_threads(threads)
 
     def ready(self) -> tuple[str | None, int, str]:
-        """(the traceback of a task that failed to load, or None; pid; node address)."""
+        """(the traceback of a task that failed to load, or None; pid; Ray node id)."""
         import ray
 
-        return self.fatal, os.getpid(), ray.util.get_node_ip_address()
+        return self.fatal, os.getpid(), ray.get_runtime_context().get_node_id()
 
     def run(self, spec: SegmentSpec) -> SegmentResult:
         assert self.state is not None, "the executor never submits to an actor that failed"
@@ -306,19 +306,12 @@ class RayExecutor(Executor):
         self._slots = [self._spawn() for _ in range(self.workers)]
 
     def _init(self, ray: Any) -> None:
-        address = self.address if self.address not in (None, "local") else None
-        kwargs: dict[str, Any] = {"logging_level": logging.WARNING,
-                                  "include_dashboard": False}
-        if address is None:
-            # A private instance on this machine: loopback only, a small object store, and
-            # no usage report sent from a library the user did not ask to phone home.
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            kwargs.update(address="local", object_store_memory=OBJECT_STORE_BYTES,
-                          _node_ip_address="127.0.0.1")
-        else:
-            kwargs = {"address": address, "logging_level": logging.WARNING}
+        local = self.address in (None, "local")
         try:
-            ray.init(**kwargs)
+            if local:
+                init_private_ray()
+            else:
+                ray.init(address=self.address, logging_level=logging.WARNING)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise ConfigError(
                 f"address={self.address!r}: cannot connect to Ray ({exc}); use 'auto' on a "
@@ -440,7 +433,8 @@ class RayExecutor(Executor):
         try:
             result: SegmentResult = ray.get(slot.ref)
         except ray.exceptions.RayError as exc:
-            where = f" (pid {slot.pid} on {slot.node})" if slot.pid is not None else ""
+            node = (slot.node or "?")[:12]
+            where = f" (pid {slot.pid} on node {node})" if slot.pid is not None else ""
             if not slot.ready:
                 self._early_deaths += 1
                 if not self._ever_ready and self._early_deaths >= EARLY_DEATHS_LIMIT:
@@ -497,9 +491,10 @@ class RayExecutor(Executor):
             with contextlib.suppress(Exception):
                 self._slots[i].actor.forget.remote(worker)
 
-    def slot_pids(self) -> list[int | None]:
-        """The pid of each slot's actor process (None until it started); for fault tests."""
-        return [s.pid for s in self._slots]
+    def slot_actors(self) -> list[tuple[int | None, str | None, bool]]:
+        """(pid, Ray node id, busy) of each slot's actor (None until it started); for fault
+        tests and progress displays."""
+        return [(s.pid, s.node, s.spec is not None) for s in self._slots]
 
     def close(self) -> None:
         if self._slots:
@@ -514,6 +509,19 @@ class RayExecutor(Executor):
     def _task_name(self) -> str:
         return repr(self.task) if isinstance(self.task, str) else getattr(
             self.task, "__qualname__", repr(self.task))
+
+
+def init_private_ray(num_cpus: float | None = None) -> None:
+    """Start a private Ray instance on this machine and connect this process to it.
+
+    Loopback only, no dashboard, a small object store, and no usage report sent from a
+    library the user did not ask to phone home. Stop it with ``ray.shutdown()``.
+    """
+    ray = _ray()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+             object_store_memory=OBJECT_STORE_BYTES, _node_ip_address="127.0.0.1",
+             logging_level=logging.WARNING)
 
 
 def ray_options_totals(resources: Mapping[str, float], workers: int) -> dict[str, float]:
