@@ -379,7 +379,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from firepbt.bench import run_bench
 
-    if args.store is None:
+    if args.executor is not None:
+        if args.name != "overhead":
+            raise FirePBTError(f"--executor {args.executor}: only the overhead bench takes an "
+                               "executor")
+        from firepbt.bench.overhead import main as overhead_bench
+
+        out = overhead_bench(preset=args.preset, seeds=args.seeds, executor=args.executor)
+    elif args.store is None:
         out = run_bench(args.name, preset=args.preset, seeds=args.seeds)
     elif args.name != "controller":
         raise FirePBTError(f"--store {args.store!r}: only the controller bench takes a store")
@@ -602,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size of the comparison benchmarks")
     b.add_argument("--seeds", type=int, help="seeds (overrides the preset)")
     b.add_argument("--store", help="controller bench: also measure this postgresql:// URL")
+    b.add_argument("--executor", choices=("process", "ray"),
+                   help="overhead bench: measure the 4 x 200 and 16 x 100 workloads on this "
+                   "executor (ray: Ray actors in a private Ray instance)")
     b.set_defaults(fn=cmd_bench)
 
     rl = sub.add_parser("replay", help="train one fresh model with the learned schedule (imports "

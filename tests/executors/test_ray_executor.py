@@ -208,3 +208,11 @@ def test_an_unimportable_task_class_travels_by_value(ray_instance: None, tmp_pat
                  algorithm=PBT(population=2), executor="ray", workers=2,
                  resources_per_member={"cpu": 0.5})
     assert result.status() == "finished" and check_store(result.store) == []
+
+
+def test_overhead_bench_runs_on_ray(ray_instance: None) -> None:
+    from firepbt.bench.overhead import measure
+
+    r = measure(workers=2, population=2, steps=20, executor="ray", warm=True)
+    assert r["segments"] == 4 and r["ideal_s"] == 0.4
+    assert 0.0 < r["efficiency"] <= 1.0 and r["wall_s"] >= r["ideal_s"]
