@@ -56,6 +56,10 @@ KILL_WAIT_S = 5.0
 #: cannot load on this cluster (every new actor would die alike), not bad luck with a node.
 EARLY_DEATHS_LIMIT = 3
 
+#: Ray's switch between a single-node instance on loopback (0) and one that other nodes may
+#: join, listening on every interface (1, Linux's default).
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
 #: Keys of ``resources_per_member`` with a meaning of their own; any other key is a Ray custom
 #: resource (a label such as ``"accelerator_a100": 1`` that nodes advertise).
 BUILTIN_RESOURCES = ("cpu", "gpu", "memory")
@@ -536,11 +540,30 @@ def init_private_ray(num_cpus: float | None = None) -> None:
     Loopback only, no dashboard, a small object store, and no usage report sent from a
     library the user did not ask to phone home. Stop it with ``ray.shutdown()``.
     """
-    ray = _ray()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-             object_store_memory=OBJECT_STORE_BYTES, _node_ip_address="127.0.0.1",
-             logging_level=logging.WARNING)
+    # Ray reads these when it is imported and every process it starts reads them again, so
+    # they are set around the start and restored after. LOOPBACK_ENV=0 keeps a single-node
+    # instance on 127.0.0.1: Linux's default (1) binds every interface, even with
+    # _node_ip_address="127.0.0.1".
+    settings = {LOOPBACK_ENV: "0", "RAY_USAGE_STATS_ENABLED": os.environ.get(
+        "RAY_USAGE_STATS_ENABLED", "0")}
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    try:
+        ray = _ray()
+        # Ray imported earlier in this process read the setting then; its address lookup
+        # reads the module attribute at call time.
+        constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+        if constants is not None and getattr(constants, "ENABLE_RAY_CLUSTER", False):
+            constants.ENABLE_RAY_CLUSTER = False
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 object_store_memory=OBJECT_STORE_BYTES, _node_ip_address="127.0.0.1",
+                 logging_level=logging.WARNING)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def ray_options_totals(resources: Mapping[str, float], workers: int) -> dict[str, float]:

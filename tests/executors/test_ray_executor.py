@@ -216,3 +216,13 @@ def test_overhead_bench_runs_on_ray(ray_instance: None) -> None:
     r = measure(workers=2, population=2, steps=20, executor="ray", warm=True)
     assert r["segments"] == 4 and r["ideal_s"] == 0.4
     assert 0.0 < r["efficiency"] <= 1.0 and r["wall_s"] >= r["ideal_s"]
+
+
+def test_the_private_instance_listens_on_loopback_only(ray_instance: None) -> None:
+    psutil = pytest.importorskip("psutil")  # Ray depends on it
+    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    listening = [c for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert listening, "found none of Ray's listening sockets"
+    addresses = {c.laddr.ip for c in listening}
+    assert addresses <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses
