@@ -118,13 +118,14 @@ RAY_CASES = [
 @pytest.fixture(scope="module")
 def ray_instance() -> Iterator[None]:
     """One private Ray instance (loopback, 2 logical CPUs) for the Ray cases; always stopped."""
-    ray = pytest.importorskip("ray", reason="Ray is not installed (the ray extra)")
-    from firepbt.executors.ray import init_private_ray
-
     with pytest.MonkeyPatch.context() as mp:
+        # Before Ray is imported: it reads its authentication mode then.
         for key, value in (("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
                            ("RAY_AUTH_MODE", "disabled"), ("RAY_USAGE_STATS_ENABLED", "0")):
             mp.setenv(key, value)
+        ray = pytest.importorskip("ray", reason="Ray is not installed (the ray extra)")
+        from firepbt.executors.ray import init_private_ray
+
         init_private_ray(num_cpus=2)
         try:
             yield
