@@ -28,7 +28,7 @@ from firepbt.trainable import Metric, make_trainable_class
 
 log = logging.getLogger("firepbt")
 
-EXECUTORS = ("process", "inprocess")
+EXECUTORS = ("process", "inprocess", "ray")
 
 
 def task_attribute(obj: Any, name: str) -> Any:
@@ -95,13 +95,31 @@ def checkpoint_root_for(store: Store) -> Path:
 
 
 def _executor(kind: str | Executor, task: Any, ref: str | None, workers: int,
-              timeout: float | None) -> Executor:
+              timeout: float | None, resources: Mapping[str, Any] | None = None,
+              ray_address: str | None = None) -> Executor:
     if isinstance(kind, Executor):
+        if resources is not None or ray_address is not None:
+            raise ConfigError(
+                "resources_per_member and ray_address configure executor='ray'; an Executor "
+                "instance takes its own settings"
+            )
         return kind
     if kind not in EXECUTORS:
         raise ConfigError(f"executor={kind!r}: must be one of {', '.join(EXECUTORS)}")
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers={workers!r}: must be an int >= 1")
+    if kind == "ray":
+        from firepbt.executors.ray import RayExecutor
+
+        # Ray pickles a class or function that cannot be imported by name to the actors.
+        return RayExecutor(ref if ref is not None else task, workers=workers,
+                           resources=resources, address=ray_address, segment_timeout_s=timeout)
+    for name, value in (("resources_per_member", resources), ("ray_address", ray_address)):
+        if value is not None:
+            raise ConfigError(
+                f"{name}={value!r}: only executor='ray' places members by resources; "
+                f"executor={kind!r} runs {workers} worker(s) on this machine"
+            )
     if kind == "inprocess":
         return InProcessExecutor(task, capacity=workers)
     if ref is None:
@@ -131,6 +149,8 @@ def run(
     store: str | Store = "runs/firepbt.db",
     workers: int = 2,
     executor: str | Executor = "process",
+    resources_per_member: Mapping[str, Any] | None = None,
+    ray_address: str | None = None,
     seed: int = 0,
     mode: str = "async",
     max_failures: int = 3,
@@ -152,9 +172,17 @@ def run(
             to interval // 10).
         store: a store URL/path (``runs/x.db``, ``sqlite:///x.db``, ``memory://``) or a Store.
             A store that already holds this experiment is resumed.
-        workers: concurrent segments (worker processes for the process executor).
+        workers: concurrent segments (worker processes for the process executor, actors
+            for the Ray executor).
         executor: "process" (spawned workers, one torch thread each), "inprocess"
-            (deterministic, sequential) or an Executor instance.
+            (deterministic, sequential), "ray" (Ray actors, see docs/ray.md) or an Executor
+            instance.
+        resources_per_member: executor="ray" only: what one member's actor asks Ray for,
+            e.g. ``{"cpu": 1, "gpu": 0.25}`` (4 members share a GPU), ``"memory"`` in bytes
+            or ``"2GiB"``, other keys are Ray custom resources. Default ``{"cpu": 1}``.
+        ray_address: executor="ray" only: ``"local"`` (default: a private Ray instance on
+            this machine), ``"auto"`` (the cluster this machine belongs to) or
+            ``"ray://HOST:10001"``.
         seed: seeds sampling, exploit/explore and every member.
         mode: "async" (decide at each worker's ready point) or "sync" (rounds).
         max_failures: attempts of a segment before its member is replaced from a donor.
@@ -199,7 +227,8 @@ def run(
     algorithm = algorithm if algorithm is not None else PBT()
     ref = task_ref_of(task)
     # Everything is validated before the store file is created or a worker starts.
-    ex = _executor(executor, obj, ref, workers, segment_timeout_s)
+    ex = _executor(executor, obj, ref, workers, segment_timeout_s, resources_per_member,
+                   ray_address)
     validate_run(space, algorithm, config, initial)
     spec = Metric.of(metric if metric is not None else task_attribute(obj, "METRIC"))
     st = open_store(store) if isinstance(store, str) else store
@@ -252,6 +281,8 @@ def resume(
     task: Any = None,
     workers: int = 2,
     executor: str | Executor = "process",
+    resources_per_member: Mapping[str, Any] | None = None,
+    ray_address: str | None = None,
     allow_changed_task: bool = False,
     on_event: Callable[[Controller], None] | None = None,
 ) -> Result:
@@ -279,7 +310,7 @@ def resume(
         st.put_state("task_sha256", task_digest(ref))
         st.put_state("task_space", _task_space(obj))
     timeout = exp["config"].get("segment_timeout_s")
-    ex = _executor(executor, obj, ref, workers, timeout)
+    ex = _executor(executor, obj, ref, workers, timeout, resources_per_member, ray_address)
     ctl = Controller(store=st, executor=ex, checkpoint_root=checkpoint_root_for(st),
                      on_event=on_event)
     ctl.run()

@@ -111,6 +111,28 @@ def _default_store(args: argparse.Namespace) -> str:
     return f"runs/{name}.db"
 
 
+def _resources(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--resources 'cpu=1,gpu=0.25'`` as the API's resources_per_member (None: not given)."""
+    if args.resources is None:
+        return None
+    from firepbt.executors.ray import parse_resources
+
+    return parse_resources(args.resources)
+
+
+def _executor_options(parser: argparse.ArgumentParser) -> None:
+    """--executor, --address and --resources: the same on run and resume."""
+    parser.add_argument("--executor", choices=("process", "inprocess", "ray"), default="process",
+                        help="process: worker processes; inprocess: one process, reproducible; "
+                        "ray: Ray actors (pip install 'firepbt[ray]')")
+    parser.add_argument("--address", help="ray: 'local' (default: a private Ray instance on "
+                        "this machine), 'auto' (the cluster this machine is a node of) or "
+                        "'ray://HOST:10001'")
+    parser.add_argument("--resources", help="ray: one member's resources, e.g. "
+                        "'cpu=1,gpu=0.25,memory=4GiB' (other keys: Ray custom resources); "
+                        "default cpu=1")
+
+
 def _metric(args: argparse.Namespace) -> Any:
     from firepbt.trainable import Metric
 
@@ -135,6 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             args.task, space=space, algorithm=algorithm, steps=args.steps,
             interval=args.interval, eval_every=args.eval_every, store=args.store,
             workers=args.workers, executor=args.executor, seed=args.seed, mode=args.mode,
+            resources_per_member=_resources(args), ray_address=args.address,
             max_failures=args.max_failures, segment_timeout_s=args.segment_timeout,
             metric=_metric(args), on_event=progress,
         )
@@ -172,7 +195,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
           + "".join(f", custom explore {c}" for c in custom), flush=True)
     with _Progress(not args.quiet) as progress:
         result = resume(_existing(args.store), task=args.task, workers=args.workers,
-                        executor=args.executor, allow_changed_task=args.allow_changed_task,
+                        executor=args.executor, resources_per_member=_resources(args),
+                        ray_address=args.address, allow_changed_task=args.allow_changed_task,
                         on_event=progress)
     _print_summary(result.summary())
     _report(result, args.store)
@@ -355,7 +379,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from firepbt.bench import run_bench
 
-    if args.store is None:
+    if args.executor is not None:
+        if args.name != "overhead":
+            raise FirePBTError(f"--executor {args.executor}: only the overhead bench takes an "
+                               "executor")
+        from firepbt.bench.overhead import main as overhead_bench
+
+        out = overhead_bench(preset=args.preset, seeds=args.seeds, executor=args.executor)
+    elif args.store is None:
         out = run_bench(args.name, preset=args.preset, seeds=args.seeds)
     elif args.name != "controller":
         raise FirePBTError(f"--store {args.store!r}: only the controller bench takes a store")
@@ -479,8 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "runs/NAME.db, NAME from --name or task-algorithm-time")
     r.add_argument("--mode", choices=("async", "sync"), default="async",
                    help="async: decide at each member's ready point; sync: in rounds")
-    r.add_argument("--executor", choices=("process", "inprocess"), default="process",
-                   help="process: worker processes; inprocess: one process, reproducible")
+    _executor_options(r)
     r.add_argument("--exploit", choices=EXPLOIT_RULES, default="truncation",
                    help="PBT's exploit rule (also inside FIRE's sub-populations)")
     r.add_argument("--quantile", type=float, default=0.25,
@@ -518,8 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--allow-changed-task", action="store_true",
                     help="resume although the task's file or SPACE changed since the start")
     rs.add_argument("--workers", type=int, default=2, help="parallel worker processes")
-    rs.add_argument("--executor", choices=("process", "inprocess"), default="process",
-                    help="process: worker processes; inprocess: one process")
+    _executor_options(rs)
     rs.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     rs.set_defaults(fn=cmd_resume)
 
@@ -580,6 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size of the comparison benchmarks")
     b.add_argument("--seeds", type=int, help="seeds (overrides the preset)")
     b.add_argument("--store", help="controller bench: also measure this postgresql:// URL")
+    b.add_argument("--executor", choices=("process", "ray"),
+                   help="overhead bench: measure the 4 x 200 and 16 x 100 workloads on this "
+                   "executor (ray: Ray actors in a private Ray instance)")
     b.set_defaults(fn=cmd_bench)
 
     rl = sub.add_parser("replay", help="train one fresh model with the learned schedule (imports "

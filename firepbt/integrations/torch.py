@@ -4,8 +4,14 @@ PyTorch is an optional extra (``pip install firepbt[torch]``), so nothing else i
 imports this module at import time; user code and the bundled tasks import it explicitly.
 
 A checkpoint is the file ``state.pt`` inside the checkpoint directory. It holds the
-model's and optimiser's state dicts, torch's global CPU RNG state, the state of an optional
-``torch.Generator`` (e.g. the one that orders the data) and a user ``extra`` dict.
+model's and optimiser's state dicts, torch's global CPU RNG state (and the CUDA one when the
+model trains on a GPU), the state of an optional ``torch.Generator`` (e.g. the one that orders
+the data) and a user ``extra`` dict. Every tensor is saved on the CPU, so a checkpoint written
+on one member's GPU loads on any other device, a CPU-only machine included.
+
+Devices: :class:`TorchTrainable` trains each member on :func:`member_device` - the GPU its
+worker was given (Ray sets ``CUDA_VISIBLE_DEVICES`` for an actor that asked for
+``gpu=0.25``, so the first visible GPU is the member's share), else the CPU.
 :class:`TorchTrainable` adds ``applied.json``: the hyperparameter values read back from the
 optimiser and LR scheduler along the lineage (see :mod:`firepbt.integrations.effect`).
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import os
 import pickle
 from abc import abstractmethod
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +52,42 @@ def single_thread() -> None:
     torch.set_num_threads(1)
 
 
+def member_device(preference: str = "auto") -> torch.device:
+    """The device this worker's members train on.
+
+    Args:
+        preference: ``"auto"``: the first visible GPU when torch sees one in this worker
+            process, else the CPU. Anything else is a torch device name (``"cpu"``,
+            ``"cuda:1"``) used as it is.
+    """
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+def _on_cpu(value: Any) -> Any:
+    """``value`` (a state dict, or containers of tensors) with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, OrderedDict):
+        out = OrderedDict((k, _on_cpu(v)) for k, v in value.items())
+        # A module's state dict carries per-module versions that load_state_dict reads.
+        if hasattr(value, "_metadata"):
+            out._metadata = value._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(value, dict):
+        return {k: _on_cpu(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(_on_cpu(v) for v in value))
+    if isinstance(value, list | tuple):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
+def _on_cuda(model: nn.Module) -> bool:
+    return any(p.is_cuda for p in model.parameters())
+
+
 def save_state(
     path: Path,
     model: nn.Module,
@@ -64,14 +107,18 @@ def save_state(
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {
+    # Tensors go to the CPU first: a checkpoint is loaded by other members, on other GPUs or
+    # none, and a tensor saved with its CUDA device would not load where that device is
+    # missing.
+    state = _on_cpu({
         "format": STATE_FORMAT,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state() if _on_cuda(model) else None,
         "generator": None if generator is None else generator.get_state(),
         "extra": dict(extra or {}),
-    }
+    })
     # Write then rename so a crash mid-write never leaves a truncated state.pt behind.
     tmp = path / f".{STATE_FILE}.tmp"
     torch.save(state, tmp)
@@ -85,6 +132,9 @@ def load_state(
     generator: torch.Generator | None = None,
 ) -> dict[str, Any]:
     """Restore what :func:`save_state` wrote into ``model``, ``optimizer`` and the RNGs.
+
+    The file is read onto the CPU; the weights then go to wherever ``model`` is, and the
+    optimiser state to its parameters' device.
 
     Args:
         path: Checkpoint directory holding ``state.pt``.
@@ -121,6 +171,8 @@ def load_state(
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and _on_cuda(model):
+        torch.cuda.set_rng_state(state["cuda_rng"])
     if generator is not None and state["generator"] is not None:
         generator.set_state(state["generator"])
     return dict(state["extra"])
@@ -166,17 +218,25 @@ class TorchTrainable(Trainable):
     :class:`~firepbt.integrations.effect.NotInEffectError` instead of training silently with
     the wrong value.
 
+    Devices: ``self.device`` is set before :meth:`build` runs and the built model is moved
+    there, so a member uses the GPU its worker was given and a CPU-only machine runs the same
+    code on the CPU. Put batches on ``self.device`` in :meth:`train_step` and ``evaluate``
+    (``x.to(self.device)``). Checkpoints are device-independent (see :func:`save_state`).
+
     Class attributes:
         HPARAM_MAPPING: Hyperparameter name -> optimiser param-group key.
+        DEVICE: ``"auto"`` (default, see :func:`member_device`), or a torch device name.
     """
 
     HPARAM_MAPPING: ClassVar[Mapping[str, str]] = DEFAULT_MAPPING
+    DEVICE: ClassVar[str] = "auto"
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     generator: torch.Generator | None
     scheduler: Any
     step: int
+    device: torch.device
 
     def __init__(self) -> None:
         super().__init__()
@@ -199,7 +259,11 @@ class TorchTrainable(Trainable):
         self.hparams = dict(hparams)
         self.seed = seed
         self.step = 0
+        self.device = member_device(self.DEVICE)
         self.model, self.optimizer = self.build(self.hparams, seed)
+        # Module.to moves parameters in place, so the optimiser built over them still holds
+        # the same tensors.
+        self.model.to(self.device)
         # Fail on a mapping/optimiser mismatch now rather than at the first explore.
         self._apply("at setup")
 
