@@ -23,6 +23,7 @@ from firepbt.executors.local import MAIN_GUARD_HINT, WORKER_ENV, LocalExecutor
 from firepbt.importing import absolute_ref, source_file
 from firepbt.result import Result
 from firepbt.space import Space
+from firepbt.storage import is_url
 from firepbt.store import Store, open_store
 from firepbt.trainable import Metric, make_trainable_class
 
@@ -65,14 +66,38 @@ def task_ref_of(task: Any) -> str | None:
     return f"{module}:{name}"
 
 
-def checkpoint_root_for(store: Store) -> Path:
-    """``runs/x.db`` keeps its checkpoints in ``runs/x.db.ckpt/``; in-memory stores in a temp dir.
+def checkpoint_root_for(store: Store, requested: str | Path | None = None) -> str | Path:
+    """Where the experiment's checkpoints live: a folder, or an fsspec URL (``file://``,
+    ``s3://``...: a root every worker can reach, see docs/checkpoints.md).
 
-    The folder is named from the store's full file name, so ``sweep.1`` and ``sweep.2`` never
-    share one (the controller also refuses a folder another store owns). A store whose
-    checkpoints an older firepbt kept in ``runs/x.ckpt/`` (the name without the suffix) goes on
-    using that folder as long as its records point there.
+    ``requested`` (``run(checkpoints=...)``) is kept in the store, so every resume finds it.
+    By default ``runs/x.db`` keeps its checkpoints in ``runs/x.db.ckpt/``; in-memory stores
+    in a temp dir. The folder is named from the store's full file name, so ``sweep.1`` and
+    ``sweep.2`` never share one (the controller also refuses a folder another store owns). A
+    store whose checkpoints an older firepbt kept in ``runs/x.ckpt/`` (the name without the
+    suffix) goes on using that folder as long as its records point there.
+
+    Raises:
+        ConfigError: ``requested`` differs from where the store's experiment keeps them.
     """
+    kept = store.get_state("checkpoint_root")
+    if requested is not None:
+        want = str(requested) if is_url(requested) else str(Path(requested).absolute())
+        have = kept if kept is not None else (
+            None if store.experiment() is None else str(_default_root(store)))
+        if have is not None and have != want:
+            raise ConfigError(f"checkpoints={want!r}: store {store.url!r} keeps its "
+                              f"checkpoints in {have!r}; leave checkpoints= out, or use a "
+                              "new store")
+        if kept is None:
+            store.put_state("checkpoint_root", want)
+        return want if is_url(want) else Path(want)
+    if kept is not None:
+        return kept if is_url(kept) else Path(kept)
+    return _default_root(store)
+
+
+def _default_root(store: Store) -> Path:
     url = store.url
     if url.startswith("sqlite:///"):
         db = Path(url[len("sqlite:///"):])
@@ -83,15 +108,13 @@ def checkpoint_root_for(store: Store) -> Path:
             if parents and all(p.resolve() == legacy.resolve() for p in parents):
                 return legacy
         return root
-    if url.startswith("memory://"):
-        return Path(tempfile.mkdtemp(prefix="firepbt-ckpt-"))
-    # A server store (PostgreSQL) has no file to sit beside: its folder is chosen once and
-    # kept in the store, so a resumed controller finds (and collects) what the first wrote.
-    kept = store.get_state("checkpoint_root")
-    if kept is None:
-        kept = tempfile.mkdtemp(prefix="firepbt-ckpt-")
-        store.put_state("checkpoint_root", kept)
-    return Path(kept)
+    folder = tempfile.mkdtemp(prefix="firepbt-ckpt-")
+    if not url.startswith("memory://"):
+        # A server store (PostgreSQL) has no file to sit beside: its folder is chosen once
+        # and kept in the store, so a resumed controller finds (and collects) what the first
+        # wrote.
+        store.put_state("checkpoint_root", folder)
+    return Path(folder)
 
 
 def _executor(kind: str | Executor, task: Any, ref: str | None, workers: int,
@@ -147,6 +170,7 @@ def run(
     interval: int | None = None,
     eval_every: int | None = None,
     store: str | Store = "runs/firepbt.db",
+    checkpoints: str | Path | None = None,
     workers: int = 2,
     executor: str | Executor = "process",
     resources_per_member: Mapping[str, Any] | None = None,
@@ -172,6 +196,10 @@ def run(
             to interval // 10).
         store: a store URL/path (``runs/x.db``, ``sqlite:///x.db``, ``memory://``) or a Store.
             A store that already holds this experiment is resumed.
+        checkpoints: where the checkpoints go: a folder, or an fsspec URL every worker can
+            reach (``file:///shared/x``, ``s3://bucket/x`` with s3fs installed; see
+            docs/checkpoints.md). Kept in the store for every resume. Default: beside a store
+            file (``runs/x.db.ckpt/``), else a temp folder.
         workers: concurrent segments (worker processes for the process executor, actors
             for the Ray executor).
         executor: "process" (spawned workers, one torch thread each), "inprocess"
@@ -236,7 +264,8 @@ def run(
         log.warning("store %s already holds a finished run of this experiment: returning its "
                     "result (use another store to run again)", st.url)
     ctl = Controller(
-        store=st, executor=ex, checkpoint_root=checkpoint_root_for(st), task_ref=ref,
+        store=st, executor=ex, checkpoint_root=checkpoint_root_for(st, checkpoints),
+        task_ref=ref,
         space=space, algorithm=algorithm, config=config,
         init_space=getattr(obj, "INIT_SPACE", None), initial=initial, on_event=on_event,
         experiment_info={"task_sha256": task_digest(ref), "task_space": _task_space(obj),

@@ -156,7 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run(
             args.task, space=space, algorithm=algorithm, steps=args.steps,
             interval=args.interval, eval_every=args.eval_every, store=args.store,
-            workers=args.workers, executor=args.executor, seed=args.seed, mode=args.mode,
+            checkpoints=args.checkpoints, workers=args.workers, executor=args.executor,
+            seed=args.seed, mode=args.mode,
             resources_per_member=_resources(args), ray_address=args.address,
             max_failures=args.max_failures, segment_timeout_s=args.segment_timeout,
             metric=_metric(args), on_event=progress,
@@ -508,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="the experiment's name: its store is runs/NAME.db")
     r.add_argument("--store", help="store file or URL (memory:// for none); default "
                    "runs/NAME.db, NAME from --name or task-algorithm-time")
+    r.add_argument("--checkpoints", help="checkpoint folder or fsspec URL every worker can "
+                   "reach (file:///shared/x, s3://bucket/x; docs/checkpoints.md); default "
+                   "beside the store file (runs/NAME.db.ckpt)")
     r.add_argument("--mode", choices=("async", "sync"), default="async",
                    help="async: decide at each member's ready point; sync: in rounds")
     _executor_options(r)

@@ -26,9 +26,10 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from firepbt.checkpoints import CheckpointDir, pid_alive
+from firepbt.checkpoints import pid_alive
 from firepbt.errors import CheckpointError, TaskLoadError
 from firepbt.executors.base import Executor
+from firepbt.storage import discard_unreported
 from firepbt.trainable import SegmentResult, SegmentSpec
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -272,9 +273,7 @@ class LocalExecutor(Executor):
             # half-way through writing one (a .tmp-* folder of a dead pid): remove both now,
             # not at the next start, so that a finished run leaves no leaked files.
             with contextlib.suppress(CheckpointError, OSError):
-                folder = CheckpointDir(spec.checkpoint_root)
-                folder.delete(folder.path_for(spec.save_checkpoint))
-                folder.clean_orphans()
+                discard_unreported(spec.checkpoint_root, spec.save_checkpoint)
         self._slots[i] = self._spawn()
         self.restarts += 1
         for w, s in list(self._last_slot.items()):
@@ -407,9 +406,7 @@ class LocalExecutor(Executor):
         self._slots = []
         for spec in busy:  # their writers are dead: remove what they left
             with contextlib.suppress(CheckpointError, OSError):
-                folder = CheckpointDir(spec.checkpoint_root)
-                folder.delete(folder.path_for(spec.save_checkpoint))
-                folder.clean_orphans()
+                discard_unreported(spec.checkpoint_root, spec.save_checkpoint)
         if self._lifeline is not None:
             for end in self._lifeline:
                 end.close()

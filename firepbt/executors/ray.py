@@ -33,10 +33,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from firepbt.checkpoints import CheckpointDir
 from firepbt.errors import CheckpointError, ConfigError, TaskLoadError
 from firepbt.executors.base import Executor
 from firepbt.executors.local import STARTUP_GRACE_S, WORKER_ENV
+from firepbt.storage import discard_unreported
 from firepbt.trainable import SegmentResult, SegmentSpec
 
 log = logging.getLogger("firepbt")
@@ -505,8 +505,7 @@ class RayExecutor(Executor):
             assert slot.spec is not None
             # Best effort: the next controller start sweeps whatever this leaves.
             with contextlib.suppress(CheckpointError, OSError, ValueError):
-                folder = CheckpointDir(slot.spec.checkpoint_root)
-                folder.delete(folder.path_for(slot.spec.save_checkpoint))
+                discard_unreported(slot.spec.checkpoint_root, slot.spec.save_checkpoint)
 
     def cancel(self, worker: int) -> None:
         i = self._last_slot.pop(worker, None)

@@ -38,6 +38,7 @@ __all__ = [
     "Entry",
     "LocalCheckpointStorage",
     "combined_checksum",
+    "discard_unreported",
     "is_url",
     "open_storage",
     "pid_alive",
@@ -85,3 +86,15 @@ def storage_of(location: str | Path, *, create: bool = False) -> CheckpointStora
         CheckpointError: a local root that is missing (unless ``create``).
     """
     return open_storage(root_of(location), create=create)
+
+
+def discard_unreported(root: str, checkpoint_id: int) -> None:
+    """Remove what a writer killed mid-segment may have left: its checkpoint, possibly complete
+    but never reported (nobody will record it), and its half-written leftovers.
+
+    Executors call this when they kill or lose a worker, so that a finished run leaks no
+    files; anything this misses, the next controller start sweeps.
+    """
+    storage = open_storage(root, create=False)
+    storage.delete(checkpoint_id)
+    storage.clean_orphans()

@@ -165,6 +165,9 @@ class FashionMNISTTask(TorchTrainable):
     batches.
     """
 
+    # These small models build their batches on the CPU (one torch thread per member).
+    DEVICE: ClassVar[str] = "cpu"
+
     BATCH_SIZE: ClassVar[int] = 128
     EVAL_SIZE: ClassVar[int] = VALIDATION_SIZE
     SPACE: ClassVar[Space]

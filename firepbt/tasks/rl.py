@@ -149,6 +149,9 @@ class VectorA2C(TorchTrainable):
     before any episode has finished), ``SPACE`` and ``DEFAULTS``.
     """
 
+    # These small models build their batches on the CPU (one torch thread per member).
+    DEVICE: ClassVar[str] = "cpu"
+
     ENV_ID: ClassVar[str]
     NO_EPISODE_RETURN: ClassVar[float]
 

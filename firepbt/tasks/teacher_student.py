@@ -114,6 +114,9 @@ class TeacherStudent(TorchTrainable):
     FVU 0.0111 +- 0.0003; greedy PBT 0.021-0.023.
     """
 
+    # These small models build their batches on the CPU (one torch thread per member).
+    DEVICE: ClassVar[str] = "cpu"
+
     # The constants pick the optimiser (SGD; Schedule-Free SGD is a baseline's override).
     SPACE: ClassVar[Space] = Space(lr=LogUniform(1e-4, 0.1), optimizer="sgd", warmup_steps=0)
     DEFAULTS: ClassVar[dict[str, int]] = {"steps": 4000, "interval": 200, "eval_every": 50}
