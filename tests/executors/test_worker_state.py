@@ -119,7 +119,7 @@ def test_a_nan_metric_becomes_a_point_without_a_value(tmp_path: Path) -> None:
     assert res.points == ((2, None), (4, None)) and res.checkpoint_path is not None
 
 
-# --- the checkpoint a segment writes ------------------------------------------------------------
+# --- the checkpoint a segment writes -----------------------------------------------------------
 
 
 def test_a_segment_writes_a_verified_checkpoint_tagged_with_its_lineage(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_a_segment_writes_a_verified_checkpoint_tagged_with_its_lineage(tmp_path
         "worker": 3, "segment": 2, "step": 8, "hparams": {"scale": 2}, "parent": 1}
 
 
-# --- the in-memory cache ------------------------------------------------------------------------
+# --- the in-memory cache -----------------------------------------------------------------------
 
 
 def test_a_member_that_continues_from_its_cached_checkpoint_is_not_rebuilt(
@@ -191,7 +191,7 @@ def test_forget_makes_the_next_segment_restore_from_its_checkpoint(tmp_path: Pat
     assert (calls(task)["setup"], calls(task)["load"]) == (2, 1)
 
 
-# --- failures in user code and in checkpoints ---------------------------------------------
+# --- failures in user code and in checkpoints --------------------------------------------------
 
 
 def test_an_exception_in_user_code_is_a_result_with_its_traceback(tmp_path: Path) -> None:
@@ -263,7 +263,7 @@ def test_a_missing_checkpoint_folder_is_an_error_and_is_not_created(tmp_path: Pa
     assert res.error is not None and not (tmp_path / "gone").exists()
 
 
-# --- the LRU bound ------------------------------------------------------------------------
+# --- the LRU bound -----------------------------------------------------------------------------
 
 
 def test_the_cache_keeps_the_most_recently_trained_members(tmp_path: Path) -> None:
