@@ -49,6 +49,8 @@ def test_an_unknown_executor_is_refused_naming_it_and_the_choices(
     assert not store.exists()  # refused before the store file is made
 
 
+# A count that slips through would start no worker and wait for ever: fail fast instead.
+@pytest.mark.timeout(30)
 @pytest.mark.parametrize("workers", [0, -1, 1.5, "2", None])
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_a_bad_worker_count_is_refused_naming_it_and_the_rule(

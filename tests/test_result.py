@@ -67,7 +67,7 @@ def exploit_story(mode: str = "max") -> Result:
     0            (2, .1) (4, .2) (6, .3) (8, .5)                 all               -> .5
     1            (2, .9) (4, .95) (6, .4) (8, .6)                0's to 4, own after -> .6
     2 (P2)       (8, .99)                                        not in P1
-    3 (eval)     (12, .98), trained on from 0's step-8 weights    no member
+    3 (eval)     (12, .98), on from 0's step-8 weights           no member
     4            (4, .7) (8, None)                               latest valid      -> .7
     ===========  ==============================================  ========================
     """
