@@ -303,3 +303,28 @@ def test_a_store_without_any_valid_fitness_has_no_best_and_says_why() -> None:
     with pytest.raises(KeyError, match="has no member with a valid metric yet"):
         res.best_checkpoint()
     assert res.summary()["best"] is None and res.summary()["schedule"] == []
+
+
+@pytest.mark.xfail(strict=True, raises=CheckpointError, reason=(
+    "bug: Result.best_checkpoint() makes a Path of the record's location, so a checkpoint on "
+    "a URL root (file://, memory://, s3://) becomes 'file:/...' and is reported missing (and "
+    "an empty 'file:' folder is created in the current directory); it should fetch through "
+    "open_storage(root_of(path), create=False).fetch(path, checksum)"))
+def test_best_checkpoint_of_a_run_whose_checkpoints_are_on_a_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("fsspec", reason="fsspec is not installed (the fsspec extra)")
+    from firepbt.controller import Controller, RunConfig
+    from firepbt.executors.inprocess import InProcessExecutor
+
+    monkeypatch.chdir(tmp_path)  # what the bug creates in the current directory stays here
+    store = open_store(f"sqlite:///{tmp_path / 'run.db'}")
+    Controller(store=store, executor=InProcessExecutor(QuadraticToy, capacity=2),
+               checkpoint_root=(tmp_path / "ckpt").as_uri(), task_ref="quadratic",
+               space=QuadraticToy.SPACE, algorithm=fp.PBT(population=2),
+               config=RunConfig(steps=8, interval=4, seed=3)).run()
+    res = Result(store)
+    toy = QuadraticToy()
+    toy.setup(GRID[0], seed=0)
+    toy.load(res.best_checkpoint())
+    assert toy.evaluate() == pytest.approx(res.best_metric)
