@@ -129,7 +129,7 @@ def _executor(kind: str | Executor, task: Any, ref: str | None, workers: int,
         return kind
     if kind not in EXECUTORS:
         raise ConfigError(f"executor={kind!r}: must be one of {', '.join(EXECUTORS)}")
-    if not isinstance(workers, int) or workers < 1:
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers={workers!r}: must be an int >= 1")
     if kind == "ray":
         from firepbt.executors.ray import RayExecutor

@@ -196,11 +196,13 @@ def as_metric(value: Any) -> float | None:
     An infinite fitness is as meaningless as NaN (a diverged run), and +inf would otherwise
     rank first and make a diverged member everyone's donor.
     """
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, bool | str | bytes | bytearray):
+        return None  # a bool is a mistake (True would rank as 1.0); text is no number
+    if getattr(getattr(value, "dtype", None), "kind", None) == "b":  # a numpy bool
         return None
     try:
         f = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int beyond a float
         return None
     return f if math.isfinite(f) else None
 

@@ -44,7 +44,7 @@ def test_an_unknown_executor_is_refused_naming_it_and_the_choices(
     store = tmp_path / "x.db"
     with pytest.raises(ConfigError) as err:
         quick(store=str(store), executor=executor)
-    assert str(err.value) == f"executor={executor!r}: must be one of process, inprocess"
+    assert str(err.value) == f"executor={executor!r}: must be one of process, inprocess, ray"
     assert EXECUTORS == ("process", "inprocess")
     assert not store.exists()  # refused before the store file is made
 
@@ -63,9 +63,6 @@ def test_a_bad_worker_count_is_refused_naming_it_and_the_rule(
     assert not store.exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: api._executor checks workers with isinstance(workers, int), which True passes, so "
-    "workers=True runs one worker; RunConfig refuses bools for every other count"))
 def test_a_bool_worker_count_is_refused() -> None:
     with pytest.raises(ConfigError, match="workers=True"):
         quick(workers=True)

@@ -305,11 +305,6 @@ def test_a_store_without_any_valid_fitness_has_no_best_and_says_why() -> None:
     assert res.summary()["best"] is None and res.summary()["schedule"] == []
 
 
-@pytest.mark.xfail(strict=True, raises=CheckpointError, reason=(
-    "bug: Result.best_checkpoint() makes a Path of the record's location, so a checkpoint on "
-    "a URL root (file://, memory://, s3://) becomes 'file:/...' and is reported missing (and "
-    "an empty 'file:' folder is created in the current directory); it should fetch through "
-    "open_storage(root_of(path), create=False).fetch(path, checksum)"))
 def test_best_checkpoint_of_a_run_whose_checkpoints_are_on_a_url(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

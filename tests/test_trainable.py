@@ -262,25 +262,15 @@ def test_no_fitness_becomes_none(value: Any) -> None:
     assert as_metric(value) is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: as_metric calls float() on strings, so evaluate() returning the text '0.5' ranks "
-    "as 0.5 although its docstring says a non-number becomes None"))
 @pytest.mark.parametrize("value", ["0.5", " 1e3 ", b"0.5"])
 def test_a_numeric_string_is_no_fitness(value: Any) -> None:
     assert as_metric(value) is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: as_metric rejects bool but not numpy.bool_ (evaluate() returning acc > 0.5 as a "
-    "numpy bool ranks as 1.0)"))
 def test_a_numpy_bool_is_no_fitness() -> None:
     assert as_metric(np.bool_(True)) is None
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "bug: as_metric lets float()'s OverflowError escape for an int beyond the float range "
-    "(it catches only TypeError and ValueError), so the segment fails instead of the point "
-    "being no fitness"))
 def test_an_int_too_large_for_a_float_is_no_fitness() -> None:
     assert as_metric(10**400) is None
 
