@@ -45,7 +45,7 @@ def test_an_unknown_executor_is_refused_naming_it_and_the_choices(
     with pytest.raises(ConfigError) as err:
         quick(store=str(store), executor=executor)
     assert str(err.value) == f"executor={executor!r}: must be one of process, inprocess, ray"
-    assert EXECUTORS == ("process", "inprocess")
+    assert EXECUTORS == ("process", "inprocess", "ray")
     assert not store.exists()  # refused before the store file is made
 
 
