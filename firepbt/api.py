@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import inspect
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -109,7 +111,11 @@ def _default_root(store: Store) -> Path:
                 return legacy
         return root
     folder = tempfile.mkdtemp(prefix="firepbt-ckpt-")
-    if not url.startswith("memory://"):
+    if url.startswith("memory://"):
+        # The store dies with this process; so do its checkpoints (after the caller's last
+        # best_checkpoint()), instead of piling up in the temp folder.
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    else:
         # A server store (PostgreSQL) has no file to sit beside: its folder is chosen once
         # and kept in the store, so a resumed controller finds (and collects) what the first
         # wrote.
