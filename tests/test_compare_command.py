@@ -165,7 +165,7 @@ def test_variants_are_named_rows_with_their_own_algorithm_executor_and_mode(task
     for bad, why in [
         (["pbt", "pbt"], "each name must appear once"),
         (["pbt", "hyperband"], "method 'hyperband': must be one of fire, pbt, pb2, random"),
-        ([Method("x", latest.algorithm, executor="ray")], "executor='ray': must be one of"),
+        ([Method("x", latest.algorithm, executor="threads")], "executor='threads': must be one"),
         ([Method("x", latest.algorithm, task="nqm")], "must have the comparison's search"),
     ]:
         with pytest.raises(ConfigError, match=why):
