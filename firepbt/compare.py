@@ -27,7 +27,6 @@ import html
 import io
 import json
 import math
-import os
 import re
 import statistics
 import sys
@@ -49,6 +48,7 @@ from firepbt.importing import load_object
 from firepbt.result import Result
 from firepbt.schedules import Schedule, parse_schedule
 from firepbt.space import LogUniform, Space
+from firepbt.storage.local import write_atomically
 from firepbt.store import open_store
 from firepbt.store.base import COMPLETED, EVALUATOR
 from firepbt.trainable import Metric, as_metric, make_trainable_class, pick_metric
@@ -300,7 +300,7 @@ def compare(
     summary = _summarise(plan, runs, labels, spec)
     for i, info in chosen.items():
         summary["methods"][f"baseline:{i}"].update(info)
-    _write_atomic(folder / "compare.json", json.dumps(summary, indent=1, default=_json_default))
+    write_atomically(folder / "compare.json", json.dumps(summary, indent=1, default=_json_default))
     (folder / "compare.html").write_text(_html(summary, space))
     say(f"comparison: {folder / 'compare.html'} and {folder / 'compare.json'}")
     return summary
@@ -538,7 +538,7 @@ def _baseline_run(ctx: _Context, sched: Schedule, stem: str, seed: int
             record["test"] = as_metric(getattr(trainable, ctx.test)())
     record.update(wall_s=round(time.perf_counter() - t0, 3), worker_steps=step,
                   schedule=schedule, curve=curve)
-    _write_atomic(path, json.dumps(record, default=_json_default))
+    write_atomically(path, json.dumps(record, default=_json_default))
     return record, False
 
 
@@ -551,13 +551,7 @@ def _check_plan(folder: Path, plan: dict[str, Any]) -> None:
             raise ConfigError(f"{folder} holds a comparison with other settings: "
                               f"{differences(old, plan)}; use another --out folder")
     else:
-        _write_atomic(path, json.dumps(plan, indent=1))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        write_atomically(path, json.dumps(plan, indent=1))
 
 
 def _json_default(x: Any) -> Any:
