@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine (Debian, Python >= 3.11): the offline Fashion-MNIST
-# package, PostgreSQL 15, a virtual environment in .venv, firepbt with its
+# package, PostgreSQL 15, iproute2, a virtual environment in .venv, firepbt with its
 # torch/rl/lightning/huggingface/tensorboard/postgres/fsspec/ray/dev extras.
 # Idempotent: re-running it only installs what is missing.
 set -euo pipefail
@@ -19,6 +19,14 @@ if [ ! -x /usr/lib/postgresql/15/bin/pg_ctl ]; then
     echo "installing the Debian package postgresql-15 (server binaries for the store tests)"
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15
+fi
+
+# iproute2 (`ip netns`) for the multi-host Ray tests: nodes in network namespaces joined by
+# veth pairs, each with its own address (they skip, saying why, where namespaces are refused).
+if ! command -v ip >/dev/null 2>&1; then
+    echo "installing the Debian package iproute2 (network namespaces for the Ray cluster tests)"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2
 fi
 
 PYTHON="${PYTHON:-python3}"
