@@ -13,7 +13,11 @@ Everything is started the way an operator starts it (``ray start --block`` per h
 removes all of it, even after a failure: every process in each namespace is SIGKILLed (that
 is, by definition, every process this harness started there), then the namespaces go.
 
-Needs root and iproute2's ``ip netns``; :func:`netns_missing` says why not, for a skip.
+Needs root and iproute2's ``ip netns``. Without ``ip netns`` (but as root), ``NetnsCluster(
+loopback=True)`` is the fallback: the same three hosts and faults, all in ONE namespace made by
+``unshare --net`` (nothing but loopback in it), on 127.0.0.2-4 with a port range per host; a
+lost node is then every process of its ``ray start`` session. :func:`netns_missing` and
+:func:`loopback_missing` say why a mode cannot run, for the test output.
 """
 
 from __future__ import annotations
@@ -66,11 +70,33 @@ def netns_missing() -> str | None:
     return None
 
 
-def ours() -> list[str]:
-    """The namespaces of this process's clusters that still exist (for the clean-up check)."""
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in listed.splitlines()
-            if line.startswith(f"fpbt{os.getpid()}-")]
+def loopback_missing() -> str | None:
+    """Why the loopback fallback cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "not root: `unshare --net` and `nsenter` need CAP_SYS_ADMIN"
+    for tool in ("unshare", "nsenter", "runuser"):
+        if shutil.which(tool) is None:
+            return f"util-linux's `{tool}` is not installed"
+    return None
+
+
+# Brings up `lo` in the namespace it runs in, without iproute2 (SIOCGIFFLAGS/SIOCSIFFLAGS).
+LO_UP = ("import fcntl, socket, struct; s = socket.socket(); "
+         "f = struct.unpack('16sH', fcntl.ioctl(s, 0x8913, struct.pack('16sH', b'lo', 0)))[1]; "
+         "fcntl.ioctl(s, 0x8914, struct.pack('16sH', b'lo', f | 1))")
+
+
+def net_ns(pid: int) -> str | None:
+    """The network namespace of a process (as the ``net:[inode]`` link), None if gone."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
+def pids_in(ns: str) -> list[int]:
+    """Every process in network namespace ``ns`` (what ``ip netns pids`` prints)."""
+    return [int(d) for d in os.listdir("/proc") if d.isdigit() and net_ns(int(d)) == ns]
 
 
 def sh(*argv: str, timeout: float = 60) -> str:
@@ -83,20 +109,33 @@ def sh(*argv: str, timeout: float = 60) -> str:
 
 @dataclass
 class Host:
-    """One "machine": a network namespace with its own address."""
+    """One "machine": a network namespace with its own address (in the loopback fallback,
+    a share of one namespace: an address and the sessions of its ``ray start``)."""
 
     name: str
-    netns: str
     ip: str
+    enter: list[str]  # the command prefix that runs a program on this host
+    ns: str = ""  # its network namespace, net:[inode]
+    netns: str | None = None  # its `ip netns` name; None in the loopback fallback
+    ports: int = 0  # loopback fallback: the base of this host's port range
     ray: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    sessions: set[int] = field(default_factory=set)  # loopback: its `ray start` sessions
 
     def cmd(self, *argv: str) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *argv]
+        return [*self.enter, *argv]
 
     def pids(self) -> list[int]:
-        out = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True,
-                             text=True).stdout
-        return [int(p) for p in out.split()]
+        """The processes of this host: all in its namespace, or in the loopback fallback
+        those of its ``ray start`` sessions (raylet, agents, actors)."""
+        pids = pids_in(self.ns)
+        if self.netns is not None:
+            return pids
+        mine = []
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                if os.getsid(pid) in self.sessions:
+                    mine.append(pid)
+        return mine
 
     def kill_all(self) -> int:
         """SIGKILL every process in this host's namespace (a node lost at once); how many."""
@@ -128,15 +167,25 @@ class NetnsCluster:
 
     Args:
         node_cpus: the logical CPUs each worker node advertises to Ray.
+        loopback: the fallback without ``ip netns``: one ``unshare --net`` namespace.
     """
 
-    def __init__(self, node_cpus: int = 2) -> None:
+    def __init__(self, node_cpus: int = 2, loopback: bool = False) -> None:
         tag = f"fpbt{os.getpid()}"
-        # Distinct per process only for people reading `ip addr`: the /24 is private to
-        # these namespaces, so two clusters with one subnet would not clash either.
-        self.subnet = f"10.213.{os.getpid() % 250 + 1}"
-        self.hosts = [Host(name, f"{tag}-{name}", f"{self.subnet}.{i + 1}")
-                      for i, name in enumerate(("head", "node1", "node2"))]
+        self.loopback = loopback
+        self.holder: subprocess.Popen[bytes] | None = None
+        names = ("head", "node1", "node2")
+        if loopback:
+            # Ray rewrites 127.0.0.1 as a node address; 127.0.0.2 and up it keeps.
+            self.subnet = "127.0.0"
+            self.hosts = [Host(n, f"127.0.0.{i + 2}", [], ports=20000 + 1000 * i)
+                          for i, n in enumerate(names)]
+        else:
+            # Distinct per process only for people reading `ip addr`: the /24 is private to
+            # these namespaces, so two clusters with one subnet would not clash either.
+            self.subnet = f"10.213.{os.getpid() % 250 + 1}"
+            self.hosts = [Host(n, f"{self.subnet}.{i + 1}", ["ip", "netns", "exec", f"{tag}-{n}"],
+                               netns=f"{tag}-{n}") for i, n in enumerate(names)]
         self.head, self.node1, self.node2 = self.hosts
         self.node_cpus = node_cpus
         # Under /tmp, mode 755: the server runs as 'postgres', which must reach its folder
@@ -160,6 +209,18 @@ class NetnsCluster:
     # -- set-up ------------------------------------------------------------------------------
 
     def _network(self) -> None:
+        if self.loopback:
+            self.holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"],
+                                           start_new_session=True)
+            deadline = time.monotonic() + 10
+            while net_ns(self.holder.pid) == net_ns(os.getpid()):
+                assert time.monotonic() < deadline, "unshare --net made no namespace"
+                time.sleep(0.05)
+            for host in self.hosts:
+                host.enter = ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net"]
+                host.ns = net_ns(self.holder.pid) or ""
+            sh(*self.head.cmd(sys.executable, "-c", LO_UP))
+            return
         for host in self.hosts:
             sh("ip", "netns", "add", host.netns)
             sh("ip", "-n", host.netns, "link", "set", "lo", "up")
@@ -175,6 +236,9 @@ class NetnsCluster:
             sh("ip", "-n", head, "link", "set", f"veth{i}", "up")
             sh("ip", "-n", host.netns, "addr", "add", f"{host.ip}/24", "dev", "eth0")
             sh("ip", "-n", host.netns, "link", "set", "eth0", "up")
+        for host in self.hosts:
+            # `ip netns add` bind-mounts the namespace there: its inode names it.
+            host.ns = f"net:[{os.stat(f'/run/netns/{host.netns}').st_ino}]"
 
     def _postgres(self) -> None:
         self.pg_dir = self.dir / "pg"
@@ -234,11 +298,19 @@ class NetnsCluster:
                     "--include-dashboard=false"]
         else:
             role = [f"--address={self.address}", f"--num-cpus={self.node_cpus}"]
+        if host.ports:  # loopback: hosts share one namespace, so each has ports of its own
+            p = host.ports
+            common += [f"--node-manager-port={p + 1}", f"--object-manager-port={p + 2}",
+                       f"--dashboard-agent-listen-port={p + 3}",
+                       f"--dashboard-agent-grpc-port={p + 4}",
+                       f"--runtime-env-agent-port={p + 5}", f"--metrics-export-port={p + 6}",
+                       f"--min-worker-port={p + 100}", f"--max-worker-port={p + 999}"]
         log = self.logs / f"ray-{host.name}.log"
         with open(log, "ab") as out:
             host.ray = subprocess.Popen(host.cmd(str(BIN / "ray"), "start", *common, *role),
                                         env={**os.environ, **RAY_ENV}, stdout=out,
                                         stderr=subprocess.STDOUT, start_new_session=True)
+        host.sessions.add(host.ray.pid)  # its own session: the node is that session
         # The log is appended to when a node restarts: wait for one more "started" line.
         seen = log.read_text(errors="replace").count("Ray runtime started")
         deadline = time.monotonic() + timeout
@@ -288,8 +360,30 @@ class NetnsCluster:
         for host in reversed(self.hosts):
             with contextlib.suppress(Exception):
                 host.kill_all()
-            subprocess.run(["ip", "netns", "del", host.netns], capture_output=True)
+            # Everything else there too (controllers, PostgreSQL): every process in the
+            # namespace is one this harness started.
+            for pid in pids_in(host.ns):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if host.netns is not None:
+                subprocess.run(["ip", "netns", "del", host.netns], capture_output=True)
+        if self.holder is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.holder.pid, signal.SIGKILL)
+            self.holder.wait(timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def leftovers(self) -> list[str]:
+        """What :meth:`close` failed to remove: namespaces, processes, the folder."""
+        left = [f"process {pid} in {h.ns}" for h in self.hosts if h.ns for pid in pids_in(h.ns)]
+        if not self.loopback:
+            listed = subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                    text=True).stdout
+            names = {line.split()[0] for line in listed.splitlines() if line.strip()}
+            left += [f"namespace {h.netns}" for h in self.hosts if h.netns in names]
+        if self.dir.exists():
+            left.append(f"folder {self.dir}")
+        return left
 
     def __enter__(self) -> NetnsCluster:
         return self

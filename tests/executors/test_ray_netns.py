@@ -10,9 +10,9 @@ no finished segment was done twice, and no checkpoint was lost:
 3. stop PostgreSQL for 10 s, then start it again;
 4. SIGKILL every process of a worker node's host (the node is lost; it is started again after).
 
-Needs root and ``ip netns`` (iproute2). Where they are missing, every test here is skipped and
-says why; the loopback fallback, two Ray worker nodes in one ``unshare --net`` namespace, is
-test_ray_nodes.py (node loss only).
+Needs root and ``ip netns`` (iproute2). Without ``ip netns`` the same tests run on the loopback
+fallback (the three hosts on 127.0.0.2-4 in one ``unshare --net`` namespace) and a warning in
+pytest's summary says so; FIREPBT_TEST_LOOPBACK=1 forces it. Not root: skipped, saying why.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -29,7 +30,7 @@ import pytest
 pytest.importorskip("ray", reason="Ray is not installed (the ray extra)")
 pytest.importorskip("psycopg", reason="psycopg 3 is not installed (the postgres extra)")
 
-from netns_cluster import BIN, PG_BINDIR, Host, NetnsCluster, netns_missing, ours  # noqa: E402
+from netns_cluster import BIN, PG_BINDIR, Host, NetnsCluster, loopback_missing, netns_missing  # noqa: E402
 
 from firepbt.invariants import check_store  # noqa: E402
 from firepbt.result import Result  # noqa: E402
@@ -53,19 +54,29 @@ def run_args(cluster: NetnsCluster, experiment: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[NetnsCluster]:
-    if (why := netns_missing()) is not None:
-        pytest.skip(f"no multi-host cluster here ({why}); the loopback fallback is "
-                    "test_ray_nodes.py")
     if not (PG_BINDIR / "pg_ctl").is_file():
         pytest.skip(f"PostgreSQL server binaries not found in {PG_BINDIR} "
                     "(scripts/setup.sh installs postgresql-15; or set FIREPBT_PG_BINDIR)")
-    with NetnsCluster() as c:
+    no_netns = netns_missing() or (
+        "FIREPBT_TEST_LOOPBACK=1" if os.environ.get("FIREPBT_TEST_LOOPBACK") == "1" else None)
+    if no_netns is not None:
+        if (why := loopback_missing()) is not None:
+            pytest.skip(f"no multi-host cluster here ({no_netns}), nor the loopback fallback "
+                        f"({why})")
+        # Never silently: a warning shows in pytest's summary even when output is captured.
+        warnings.warn(f"FALLBACK: no network namespace per host ({no_netns}): the three Ray "
+                      "hosts run on 127.0.0.2-4 in one `unshare --net` namespace", stacklevel=1)
+    c = NetnsCluster(loopback=no_netns is not None)
+    try:
         nodes = c.ray_nodes(c.node1)
-        print(f"\ncluster up in {c.start_s:.1f} s: Ray nodes {nodes}, PostgreSQL on "
-              f"{c.head.ip}:5432, checkpoints in {c.checkpoints}")
+        print(f"\n{'loopback' if c.loopback else 'netns'} cluster up in {c.start_s:.1f} s: "
+              f"Ray nodes {nodes}, PostgreSQL on {c.head.ip}:5432, checkpoints in "
+              f"{c.checkpoints}")
         assert sorted(nodes) == sorted((h.ip, True) for h in c.hosts), nodes
         yield c
-    assert ours() == [], f"namespaces left behind: {ours()}"
+    finally:
+        c.close()
+    assert c.leftovers() == [], f"left behind: {c.leftovers()}"
 
 
 def completed(cluster: NetnsCluster, experiment: str) -> int:
