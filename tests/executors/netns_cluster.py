@@ -8,6 +8,8 @@ the cluster (which listens on every interface of its hosts) is reachable from no
 The namespaces share the file system: a plain directory is the checkpoints' "NFS" share, and
 the test process reaches PostgreSQL through its Unix socket in that shared directory.
 
+Each host also has its own host name (``fpbt-head``, ...; a UTS namespace per command), so
+the experiment lock sees a controller on another host as one whose process it cannot check.
 Everything is started the way an operator starts it (``ray start --block`` per host,
 ``pg_ctl``, the ``firepbt`` CLI under ``ip netns exec``), and :meth:`NetnsCluster.close`
 removes all of it, even after a failure: every process in each namespace is SIGKILLed (that
@@ -122,7 +124,10 @@ class Host:
     sessions: set[int] = field(default_factory=set)  # loopback: its `ray start` sessions
 
     def cmd(self, *argv: str) -> list[str]:
-        return [*self.enter, *argv]
+        # Its own host name too (a UTS namespace per command), as on separate machines: the
+        # experiment lock tells a dead controller on this host from one on another by it.
+        return [*self.enter, "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"',
+                f"fpbt-{self.name}", *argv]
 
     def pids(self) -> list[int]:
         """The processes of this host: all in its namespace, or in the loopback fallback

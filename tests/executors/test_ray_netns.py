@@ -18,6 +18,7 @@ pytest's summary says so; FIREPBT_TEST_LOOPBACK=1 forces it. Not root: skipped, 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import subprocess
@@ -32,6 +33,7 @@ pytest.importorskip("psycopg", reason="psycopg 3 is not installed (the postgres 
 
 from netns_cluster import BIN, PG_BINDIR, Host, NetnsCluster, loopback_missing, netns_missing  # noqa: E402
 
+from firepbt.engine.lease import Lease  # noqa: E402
 from firepbt.invariants import check_store  # noqa: E402
 from firepbt.result import Result  # noqa: E402
 from firepbt.store import open_store  # noqa: E402
@@ -40,6 +42,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(240)]
 
 #: 4 members x 60 steps in segments of 5 steps of 40 ms: 48 segments of 0.2 s on 2 actors.
 STEPS, INTERVAL = 60, 5
+#: How long a lock without heartbeat holds (the controller's default, 60 s).
+STALE_S: float = inspect.signature(Lease).parameters["stale_s"].default
 
 
 def run_args(cluster: NetnsCluster, experiment: str) -> list[str]:
@@ -157,14 +161,23 @@ def test_a_killed_controller_is_resumed_from_another_host(cluster: NetnsCluster)
         assert st.get_state("status") == "running"
         before = len(st.segments(status="completed"))
     assert before < 4 * STEPS // INTERVAL, "the run finished before the kill"
-    again = cluster.firepbt(
-        cluster.node1, ["resume", cluster.url("resumed"), "--executor", "ray", "--address",
-                        cluster.address, "--workers", "2", "--resources", "cpu=1", "-q"],
-        "resume.log")
+    resume = ["resume", cluster.url("resumed"), "--executor", "ray", "--address",
+              cluster.address, "--workers", "2", "--resources", "cpu=1", "-q"]
+    # On another host the killed controller's pid cannot be checked: its lock holds until no
+    # heartbeat came for 60 s, and a resume before that is refused, saying whose lock it is.
+    early = cluster.firepbt(cluster.node1, resume, "resume-early.log")
+    assert early.wait(timeout=120) != 0, cluster.log("resume-early.log")
+    assert "experiment in use by pid" in cluster.log("resume-early.log")
+    assert "on host fpbt-head" in cluster.log("resume-early.log")
+    with open_store(cluster.local_url("resumed"), create=False) as st:
+        holder = st.lock_holder()
+    assert holder is not None
+    time.sleep(max(0.0, holder[1] + STALE_S + 1 - time.time()))
+    again = cluster.firepbt(cluster.node1, resume, "resume.log")
     finish(cluster, again, "resume.log")
     check_finished(cluster, "resumed", cluster.node2)
-    print(f"controller killed on {cluster.head.ip} after {before} segments, resumed on "
-          f"{cluster.node1.ip}")
+    print(f"controller killed on {cluster.head.ip} after {before} segments, refused on "
+          f"{cluster.node1.ip} while its lock was fresh, resumed there once it was stale")
 
 
 def test_a_run_survives_postgres_stopping_for_10_s(cluster: NetnsCluster) -> None:
