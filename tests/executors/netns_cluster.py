@@ -226,24 +226,27 @@ class NetnsCluster:
                 host.ns = net_ns(self.holder.pid) or ""
             sh(*self.head.cmd(sys.executable, "-c", LO_UP))
             return
-        for host in self.hosts:
-            sh("ip", "netns", "add", host.netns)
-            sh("ip", "-n", host.netns, "link", "set", "lo", "up")
-        head = self.head.netns
+        names = [str(h.netns) for h in self.hosts]  # set in netns mode
+        for name in names:
+            sh("ip", "netns", "add", name)
+            sh("ip", "-n", name, "link", "set", "lo", "up")
+        head = names[0]
         sh("ip", "-n", head, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", head, "addr", "add", f"{self.head.ip}/24", "dev", "br0")
         sh("ip", "-n", head, "link", "set", "br0", "up")
-        for i, host in enumerate(self.hosts[1:], start=1):
+        for i, (host, name) in enumerate(zip(self.hosts, names, strict=True)):
+            if i == 0:
+                continue
             # Both ends are created inside the namespaces: no interface in the machine's own.
             sh("ip", "link", "add", f"veth{i}", "netns", head, "type", "veth", "peer", "name",
-               "eth0", "netns", host.netns)
+               "eth0", "netns", name)
             sh("ip", "-n", head, "link", "set", f"veth{i}", "master", "br0")
             sh("ip", "-n", head, "link", "set", f"veth{i}", "up")
-            sh("ip", "-n", host.netns, "addr", "add", f"{host.ip}/24", "dev", "eth0")
-            sh("ip", "-n", host.netns, "link", "set", "eth0", "up")
-        for host in self.hosts:
+            sh("ip", "-n", name, "addr", "add", f"{host.ip}/24", "dev", "eth0")
+            sh("ip", "-n", name, "link", "set", "eth0", "up")
+        for host, name in zip(self.hosts, names, strict=True):
             # `ip netns add` bind-mounts the namespace there: its inode names it.
-            host.ns = f"net:[{os.stat(f'/run/netns/{host.netns}').st_ino}]"
+            host.ns = f"net:[{os.stat(f'/run/netns/{name}').st_ino}]"
 
     def _postgres(self) -> None:
         self.pg_dir = self.dir / "pg"
