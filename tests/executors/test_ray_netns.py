@@ -137,18 +137,30 @@ def check_finished(cluster: NetnsCluster, experiment: str, host: Host) -> list[s
         return [f.error or "" for f in Result(st).failures()]
 
 
+def busy_actor(cluster: NetnsCluster, timeout: float = 10) -> tuple[int, str, Host]:
+    """(pid, title, host) of an actor process running a segment (Ray titles it
+    ``ray::SegmentActor.run`` meanwhile), found on the worker nodes as an operator would."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = [(pid, title, h) for h in (cluster.node1, cluster.node2)
+                for pid, title in cluster.actors(h)]
+        busy = [a for a in seen if ".run" in a[1]]
+        if busy:
+            return busy[0]
+        assert time.monotonic() < deadline, f"no actor busy on a worker node: {seen}"
+        time.sleep(0.05)
+
+
 def test_killing_an_actor_process_fails_one_segment_which_is_retried(
     cluster: NetnsCluster,
 ) -> None:
     proc = cluster.firepbt(cluster.head, run_args(cluster, "actor"), "actor.log")
     wait_for(cluster, "actor", proc, 6, "actor.log")
-    busy = [(pid, title) for h in (cluster.node1, cluster.node2)
-            for pid, title in cluster.actors(h) if ".run" in title]
-    assert busy, [cluster.actors(h) for h in (cluster.node1, cluster.node2)]
-    os.kill(busy[0][0], signal.SIGKILL)
+    pid, title, _ = busy_actor(cluster)
+    os.kill(pid, signal.SIGKILL)
     finish(cluster, proc, "actor.log")
     errors = check_finished(cluster, "actor", cluster.node2)
-    print(f"killed actor pid {busy[0][0]} ({busy[0][1]}): failed segments {errors}")
+    print(f"killed actor pid {pid} ({title}): failed segments {errors}")
     assert errors and all("Ray actor died" in e for e in errors), errors
 
 
@@ -200,9 +212,7 @@ def test_a_run_survives_postgres_stopping_for_10_s(cluster: NetnsCluster) -> Non
 def test_a_run_survives_losing_a_whole_worker_node(cluster: NetnsCluster) -> None:
     proc = cluster.firepbt(cluster.head, run_args(cluster, "nodeloss"), "nodeloss.log")
     wait_for(cluster, "nodeloss", proc, 6, "nodeloss.log")
-    lost = next((h for h in (cluster.node1, cluster.node2)
-                 if any(".run" in t for _, t in cluster.actors(h))), None)
-    assert lost is not None, "no actor busy on a worker node"
+    _, _, lost = busy_actor(cluster)
     killed = lost.kill_all()
     try:
         finish(cluster, proc, "nodeloss.log")
