@@ -79,6 +79,10 @@ def loopback_missing() -> str | None:
     for tool in ("unshare", "nsenter", "runuser"):
         if shutil.which(tool) is None:
             return f"util-linux's `{tool}` is not installed"
+    # Root in a container without CAP_SYS_ADMIN cannot make one either.
+    probe = subprocess.run(["unshare", "--net", "--uts", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"`unshare --net --uts` failed: {probe.stderr.strip()}"
     return None
 
 
