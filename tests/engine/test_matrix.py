@@ -79,7 +79,9 @@ class BatchedDeceptive(BatchedTrainable):
         self.slots[i].set_hparams(hparams)
 
 
-def _executor(kind: str, workers: int) -> str | Executor:
+def _executor(kind: str | Executor, workers: int) -> str | Executor:
+    if not isinstance(kind, str):
+        return kind
     if kind == "inprocess":
         return InProcessExecutor(TASK, capacity=workers)
     if kind == "batched":
@@ -112,11 +114,9 @@ RAY_CASES = [
     for mode in ("sync", "async")
     for share in ("fewer",)
 ] + [
-    # As many actors as members. (FIRE with all 8 workers on Ray once started no evaluator
-    # on the loaded 2-core machine: whether an evaluator starts depends on the order results
-    # arrive in, so that case is not pinned here.)
-    pytest.param("pbt-truncation", "async", "all", id="pbt-truncation-ray-async-all",
-                 marks=[pytest.mark.timeout(180)]),
+    # As many actors as members, every actor up before the first segment (see below).
+    pytest.param(alg, "async", "all", id=f"{alg}-ray-async-all", marks=[pytest.mark.timeout(180)])
+    for alg in ("pbt-truncation", "fire-n2")
 ]
 
 
@@ -143,12 +143,20 @@ def ray_instance() -> Iterator[None]:
 def test_pbt_and_fire_run_to_the_end_on_ray(
     alg_name: str, mode: str, share: str, tmp_path: Path, ray_instance: None
 ) -> None:
+    from firepbt.executors.ray import RayExecutor
+
     # A quarter CPU per member, so that 8 workers fit the 2 logical CPUs at once.
-    run_and_check(alg_name, "ray", mode, share, tmp_path,
-                  resources_per_member={"cpu": 0.25})
+    workers = 2 if share == "fewer" else len(ALGORITHMS[alg_name]().topology())
+    ex = RayExecutor(TASK, workers=workers, resources={"cpu": 0.25})
+    # Every actor up before the first segment: Ray starts 2 worker processes at a time here,
+    # and if P1's members finish (milliseconds a segment on this toy) before any P2 member
+    # reports its first interval, FIRE rightly starts no evaluator: no P1 member is left to
+    # take a transfer.
+    assert ex.wait_ready(timeout=120) == workers
+    run_and_check(alg_name, ex, mode, share, tmp_path)
 
 
-def run_and_check(alg_name: str, executor: str, mode: str, share: str, tmp_path: Path,
+def run_and_check(alg_name: str, executor: str | Executor, mode: str, share: str, tmp_path: Path,
                   **kwargs: Any) -> None:
     """Run ``alg_name`` to the end through ``run()`` and check what a user relies on."""
     algorithm = ALGORITHMS[alg_name]()
