@@ -534,11 +534,12 @@ class RayExecutor(Executor):
             self.task, "__qualname__", repr(self.task))
 
 
-def init_private_ray(num_cpus: float | None = None) -> None:
+def init_private_ray(num_cpus: float | None = None, log_to_driver: bool = True) -> None:
     """Start a private Ray instance on this machine and connect this process to it.
 
     Loopback only, no dashboard, a small object store, and no usage report sent from a
     library the user did not ask to phone home. Stop it with ``ray.shutdown()``.
+    ``log_to_driver=False`` keeps the workers' output out of this process's (benchmarks).
     """
     # Ray reads these when it is imported and every process it starts reads them again, so
     # they are set around the start and restored after. LOOPBACK_ENV=0 keeps a single-node
@@ -557,7 +558,7 @@ def init_private_ray(num_cpus: float | None = None) -> None:
             constants.ENABLE_RAY_CLUSTER = False
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                  object_store_memory=OBJECT_STORE_BYTES, _node_ip_address="127.0.0.1",
-                 logging_level=logging.WARNING)
+                 logging_level=logging.WARNING, log_to_driver=log_to_driver)
     finally:
         for key, value in saved.items():
             if value is None:

@@ -6,16 +6,29 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from firepbt.space import LogUniform, Space
 from firepbt.trainable import Trainable
+
+if TYPE_CHECKING:
+    from firepbt.space import Space
+
+
+class _SpaceOnAccess:
+    """``SleepTask.SPACE``, built when read. The task measures the system's own overhead, so
+    its module imports nothing heavy: a worker process (and the fork server that preloads the
+    task) then starts without numpy, which ``firepbt.space`` needs and the workers do not."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> Space:
+        from firepbt.space import LogUniform, Space
+
+        return Space(lr=LogUniform(1e-3, 1.0), step_s=0.02)
 
 
 class SleepTask(Trainable):
     """Each step sleeps ``step_s`` seconds; the metric is a deterministic function of lr."""
 
-    SPACE = Space(lr=LogUniform(1e-3, 1.0), step_s=0.02)
+    SPACE = _SpaceOnAccess()
     DEFAULTS = {"steps": 200, "interval": 10, "eval_every": 10}
 
     def setup(self, hparams: Mapping[str, Any], seed: int) -> None:

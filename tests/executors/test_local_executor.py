@@ -285,3 +285,31 @@ def test_a_worker_that_exits_while_importing_the_task_is_a_fatal_error(tmp_path:
         ex.submit(spec(tmp_path / "ckpt", 0, 1))
         with pytest.raises(TaskLoadError, match=r"exited while starting \(exit code 3\)"):
             results(ex, 1)
+
+
+def test_wait_ready_returns_once_every_worker_loaded_the_task(probe: str, tmp_path: Path) -> None:
+    with LocalExecutor(probe, workers=2) as ex:
+        assert ex.wait_ready(timeout=60) == 2
+        assert all(slot.ready for slot in ex._slots)
+        # The ready messages it read do not confuse the results that follow.
+        ex.submit(spec(tmp_path / "ckpt", 0, 1))
+        assert value(results(ex, 1)[0]) == 4.0
+
+
+def test_wait_ready_reports_a_task_that_cannot_load(tmp_path: Path) -> None:
+    path = write_task(tmp_path, """
+        import no_such_module_for_firepbt_tests
+        """)
+    with LocalExecutor(f"{path}:Task", workers=1) as ex, \
+            pytest.raises(TaskLoadError, match="no_such_module_for_firepbt_tests"):
+        ex.wait_ready(timeout=60)
+
+
+def test_wait_ready_reports_a_worker_that_exits_while_starting(tmp_path: Path) -> None:
+    path = write_task(tmp_path, """
+        import os
+        os._exit(3)
+        """)
+    with LocalExecutor(f"{path}:Task", workers=1) as ex, \
+            pytest.raises(TaskLoadError, match=r"exited while starting \(exit code 3\)"):
+        ex.wait_ready(timeout=60)
