@@ -380,13 +380,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from firepbt.bench import run_bench
 
-    if args.executor is not None:
+    if args.executor is not None or args.peer is not None:
         if args.name != "overhead":
-            raise FirePBTError(f"--executor {args.executor}: only the overhead bench takes an "
-                               "executor")
+            raise FirePBTError(f"--executor/--peer: only the overhead bench takes them, not "
+                               f"{args.name!r}")
         from firepbt.bench.overhead import main as overhead_bench
 
-        out = overhead_bench(preset=args.preset, seeds=args.seeds, executor=args.executor)
+        out = overhead_bench(preset=args.preset, seeds=args.seeds,
+                             executor=args.executor or "process", peer=args.peer == "raytune")
     elif args.store is None:
         out = run_bench(args.name, preset=args.preset, seeds=args.seeds)
     elif args.name != "controller":
@@ -616,6 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--executor", choices=("process", "ray"),
                    help="overhead bench: measure the 4 x 200 and 16 x 100 workloads on this "
                    "executor (ray: Ray actors in a private Ray instance)")
+    b.add_argument("--peer", choices=("raytune",),
+                   help="overhead bench: also run the same workloads through Ray Tune's PBT "
+                   "(needs the raytune extra: pip install 'firepbt[raytune]')")
     b.set_defaults(fn=cmd_bench)
 
     rl = sub.add_parser("replay", help="train one fresh model with the learned schedule (imports "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine (Debian, Python >= 3.11): the offline Fashion-MNIST
 # package, PostgreSQL 15, iproute2, a virtual environment in .venv, firepbt with its
-# torch/rl/lightning/huggingface/tensorboard/postgres/fsspec/ray/dev extras.
+# torch/rl/lightning/huggingface/tensorboard/postgres/fsspec/ray/raytune/dev extras.
 # Idempotent: re-running it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +34,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 # torch is pinned (==2.13.0, a CPU wheel); a range would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[torch,rl,lightning,huggingface,tensorboard,postgres,fsspec,ray,dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[torch,rl,lightning,huggingface,tensorboard,postgres,fsspec,ray,raytune,dev]"
 # The dashboard and its browser tests: Debian's chromium, driven headless by Playwright for
 # Python (Playwright's own browser download is never used: it fails offline).
 if [ ! -x /usr/bin/chromium ]; then

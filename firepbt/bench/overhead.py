@@ -16,9 +16,9 @@ they cost 0.3 s on a quiet machine and several seconds on a loaded one, against 
 before the clock (on a cluster Ray is already up; its start is printed apart). Each member asks
 for an equal share of the machine's CPUs (0.5 for 4 members on 2 cores).
 
-When Ray Tune is installed (``pip install 'firepbt[raytune]'``), each workload also runs
-through Ray Tune's PBT (``firepbt.bench.raytune_peer``): the peer figure is measured in the same
-command, never quoted. Without it the bench says why the peer row is missing.
+``--peer raytune`` also runs each workload through Ray Tune's PBT
+(``firepbt.bench.raytune_peer``, needs ``pip install 'firepbt[raytune]'``): the peer figure is
+measured in the same command, never quoted; without Ray Tune the option stops with the reason.
 
 The process bench ends with FIRE PBT as users run it (22 workers, process executor, async: 8 + 8
 members and 6 evaluators, a curve point every step) next to PBT with 22 members on 22 workers.
@@ -186,13 +186,6 @@ def _median(values: list[float]) -> float:
 
 def _peer_rows(repeats: int, out: dict[str, Any]) -> None:
     """Ray Tune PBT on each workload, into ``out["workloads"][label]["raytune"]``."""
-    from firepbt.bench.raytune_peer import available
-
-    why = available()
-    if why is not None:
-        print(f"Ray Tune PBT peer: not measured: {why}", flush=True)
-        out["raytune_missing"] = why
-        return
     for members, steps in WORKLOADS:
         label = f"{members}x{steps}"
         runs = []
@@ -209,7 +202,7 @@ def _peer_rows(repeats: int, out: dict[str, Any]) -> None:
                  "bound)" if unfinished else ""), flush=True)
 
 
-def main_ray(repeats: int, peer: bool = True) -> dict[str, Any]:
+def main_ray(repeats: int, peer: bool = False) -> dict[str, Any]:
     """Both workloads on the Ray executor, ``repeats`` fresh Ray instances each."""
     out: dict[str, Any] = {"bench": "overhead", "executor": "ray", "step_s": STEP_S,
                            "interval": INTERVAL, "workloads": {}}
@@ -252,10 +245,15 @@ def _load() -> str:
 
 
 def main(name: str = "overhead", preset: str = "quick", seeds: int | None = None,
-         executor: str = "process", peer: bool = True) -> dict[str, Any]:
+         executor: str = "process", peer: bool = False) -> dict[str, Any]:
     """Every workload cold and warm on ``executor``, then (process) sync mode and the FIRE
-    rows, then Ray Tune PBT on the same workloads when it is installed and ``peer``."""
+    rows, then, with ``peer`` (``--peer raytune``), Ray Tune PBT on the same workloads."""
     repeats = seeds or (3 if preset == "quick" else 5)
+    if peer:
+        from firepbt.bench.raytune_peer import available
+
+        if (why := available()) is not None:  # before minutes of measuring, not after
+            raise ConfigError(f"--peer raytune: {why}")
     if executor == "ray":
         return main_ray(repeats, peer)
     if executor != "process":
