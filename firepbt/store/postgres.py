@@ -22,6 +22,22 @@ other controller runs on. The experiment lock is a row (pid, host, since, token,
 a lease that goes stale by heartbeat age (the times the controllers pass in), and a fencing
 token; no pid is ever checked, so it works across hosts.
 
+**One round trip per fenced transaction.** Nothing is sent when a transaction opens: BEGIN,
+the advisory lock, the fence check and the marker row are queued and travel with the first
+statement that needs an answer (a read) or with the COMMIT. The fence check is the store's
+own function ``firepbt_check``, which raises a custom SQLSTATE when the holder lost the lock,
+so the rest of that message (the queued writes, the COMMIT) never runs and nothing commits;
+the caller gets ``LockLost`` from that read or from the end of its ``with`` block. What a
+transaction needs to hand out ids without asking (the counters, the last event id, the
+largest checkpoint id and metric segment: its *start state*) is read the first time a call
+needs it, or, in a fenced transaction, taken from this store's own last commit: the holder
+of the lock is the experiment's only writer, so that state is still current. The same
+function checks that it is, in the same message; if another connection wrote ids, events,
+checkpoints or metrics meanwhile (which the lease forbids), the transaction is rolled back and
+replayed on the real state, and commits only if every call returns what it returned the first
+time, else ``StoreError`` and nothing commits. So a controller's decision (writes, ids,
+events, the fence, COMMIT) is one message to the server and one answer.
+
 **Reconnecting.** A dropped connection (server restarted, network blip) is reconnected with
 bounded backoff for up to ``timeout_s``; then ``StoreError`` names the URL and the last error.
 A transaction interrupted mid-way is *replayed* on the new connection: every store call made
@@ -58,7 +74,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 
-from firepbt.errors import ConfigError, FormatVersionError, StoreCorrupt, StoreError
+from firepbt.errors import ConfigError, FormatVersionError, LockLost, StoreCorrupt, StoreError
 from firepbt.store.base import (
     COMPLETED,
     FORMAT_VERSION,
@@ -97,6 +113,11 @@ _BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 # SQLSTATEs worth a reconnect or a replay: serialization failure, deadlock, the server shutting
 # down or starting up. Class 08 (connection exceptions) and a broken connection count too.
 _RETRY_STATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
+# SQLSTATEs of the store's own check function (firepbt_check): the fence holder lost the
+# experiment lock; the start state a transaction took from its store's last commit is out of
+# date (another connection wrote meanwhile).
+_LOCK_LOST = "FPLCK"
+_STALE = "FPSTL"
 
 # Column names and order match the record fields (firepbt.store.codec.columns). JSON stays
 # TEXT, not jsonb: jsonb would reorder keys and reformat numbers, and the rows must come back
@@ -139,6 +160,33 @@ CREATE TABLE {s}.events (
 CREATE INDEX events_by_kind ON {s}.events (kind, id);
 CREATE INDEX events_by_worker ON {s}.events (worker, id);
 """
+# A transaction's start state, as one JSON array: the counters, the last event id, the largest
+# checkpoint id and the largest segment with metric rows (each maximum is one index lookup).
+_START_STATE = """jsonb_build_array(
+    coalesce((SELECT jsonb_object_agg(name, value) FROM {s}.counters), '{{}}'::jsonb),
+    (SELECT coalesce(max(id), 0) FROM {s}.events),
+    (SELECT coalesce(max(id), 0) FROM {s}.checkpoints),
+    (SELECT coalesce(max(segment), 0) FROM {s}.metrics))"""
+# Checked at a transaction's first round trip, under the experiment's advisory lock, so that
+# it holds until the COMMIT in the same message. A custom SQLSTATE aborts the transaction:
+# the statements after it in that message (the queued writes, the COMMIT) do not run.
+_CHECK = """CREATE FUNCTION {s}.firepbt_check(fence TEXT, expected JSONB) RETURNS void
+LANGUAGE plpgsql AS $check$
+DECLARE
+    held TEXT;
+BEGIN
+    IF fence IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {s}.lock WHERE token = fence) THEN
+        SELECT json_build_array(pid, host, since, token, heartbeat)::text INTO held
+            FROM {s}.lock;
+        RAISE EXCEPTION 'firepbt: the fence holder lost the experiment lock'
+            USING ERRCODE = '""" + _LOCK_LOST + """', DETAIL = coalesce(held, 'null');
+    END IF;
+    IF expected IS NOT NULL AND expected IS DISTINCT FROM """ + _START_STATE + """ THEN
+        RAISE EXCEPTION 'firepbt: the start state changed since this store''s last commit'
+            USING ERRCODE = '""" + _STALE + """';
+    END IF;
+END
+$check$"""
 _TABLES = frozenset(
     {"meta", "experiment", "state", "counters", "lock", "sessions"}
     | {"workers", "checkpoints", "segments", "metrics", "events"}
@@ -247,6 +295,9 @@ class _Tx:
     token: str
     fence: LockHolder | None
     log: list[tuple[Op, Outcome]] = field(default_factory=list)
+    # Whether the start state below is known: read from the server (lazily, by the first call
+    # that needs it), or taken from the store's last commit (checked at the first round trip).
+    known: bool = False
     # Counter values and the last event id as of this transaction's start, advanced locally:
     # nobody else writes while we hold the experiment's write lock, so next_id and add_event
     # need no round trip of their own.
@@ -266,6 +317,21 @@ class _Tx:
     pending: list[str] = field(default_factory=list)
     deadline: float | None = None  # set at the first lost connection
     failed: BaseException | None = None  # a statement failed: the transaction can only roll back
+
+    def load(self, state: Sequence[Any]) -> None:
+        """Start from ``state``: ``[counters, last event id, max checkpoint, max segment]``."""
+        counters, event_seq, max_checkpoint, max_metric_segment = state
+        self.counters = {str(name): int(value) for name, value in counters.items()}
+        self.event_seq, self.max_checkpoint = int(event_seq), int(max_checkpoint)
+        self.max_metric_segment = int(max_metric_segment)
+        self.known = True
+
+    def end_state(self) -> list[Any]:
+        """The start state as of this transaction's commit (what the server holds then)."""
+        checkpoints = [i for i in self.new_checkpoints if isinstance(i, int)]
+        segments = [k[1] for k in self.new_metrics if isinstance(k[1], int)]
+        return [dict(self.counters), self.event_seq, max([self.max_checkpoint, *checkpoints]),
+                max([self.max_metric_segment, *segments])]
 
 
 class PostgresStore(Store):
@@ -311,6 +377,15 @@ class PostgresStore(Store):
         self._last_token: str | None = None
         # The token of a COMMIT whose answer was lost, while a reconnect resolves it.
         self._pending_token: str | None = None
+        # The start state as of this store's last commit (see _Tx.end_state), for the next
+        # fenced transaction; None when unknown (before the first, after any failure).
+        self._end_state: list[Any] | None = None
+        # Checkpoint ids known to exist on the server and not marked deleted by this store
+        # since: committed by it, or read outside a transaction. Records are append-only, so
+        # one that existed always will, and marking it deleted needs no round trip to learn
+        # that it exists (retention marks hundreds at once). About as many ids as the
+        # controller's own table of live checkpoints.
+        self._known_checkpoints: set[int] = set()
         self._sql = self._statements(self.schema)
         # Each statement as a server-side prepared statement, and the EXECUTE that runs it:
         # queued writes travel as text (simple protocol), and EXECUTE skips parsing and
@@ -380,6 +455,13 @@ class PostgresStore(Store):
         )
 
     def _error(self, exc: psycopg.Error) -> StoreError:
+        if exc.sqlstate == _LOCK_LOST and self._tx is not None and self._tx.fence is not None:
+            # The check function names the holder it found (DETAIL: the lock row as JSON).
+            row = load_json(exc.diag.message_detail or "null", frozen=False)
+            try:
+                check_fence(self._lock_of(row), self._tx.fence)
+            except LockLost as lost:
+                return lost
         if isinstance(exc, pg_errors.LockNotAvailable):
             return StoreError(
                 f"{self.url}: another connection held experiment {self.experiment_name!r}'s "
@@ -429,6 +511,7 @@ class PostgresStore(Store):
                         f"INSERT INTO {s}.meta (key, value) VALUES ('format_version', %s)",
                         (str(FORMAT_VERSION),),
                     )
+                    conn.execute(_CHECK.format(s=s))
                     return
                 self._validate(conn)
 
@@ -470,13 +553,18 @@ class PostgresStore(Store):
             )
         if missing := _TABLES - tables:
             raise StoreCorrupt(f"{where}: firepbt store without tables {sorted(missing)}")
+        s = f'"{self.schema}"'
         if int(version) < 2:
             # Format 1 to 2 (under the experiment's write lock): metric rows gain ``extra``.
             # Adding a nullable column rewrites no rows; the statements prepared next use it.
-            s = f'"{self.schema}"'
             conn.execute(f"ALTER TABLE {s}.metrics ADD COLUMN IF NOT EXISTS extra TEXT")
             conn.execute(f"UPDATE {s}.meta SET value = %s WHERE key = 'format_version'",
                          (str(FORMAT_VERSION),))
+        if conn.execute("SELECT 1 FROM pg_proc WHERE pronamespace = %s::regnamespace AND "
+                        "proname = 'firepbt_check'", (s,)).fetchone() is None:
+            # A store made before the check function existed: it holds no data, so adding it
+            # changes no format (an older firepbt ignores it).
+            conn.execute(_CHECK.format(s=s))
 
     @staticmethod
     def _statements(schema: str) -> dict[str, str]:
@@ -500,16 +588,11 @@ class PostgresStore(Store):
                            "ON CONFLICT (session) DO UPDATE SET token = EXCLUDED.token, "
                            "time = EXCLUDED.time"),
             "drop_marker": f"DELETE FROM {s}.sessions WHERE session = %s",
-            "counters": f"SELECT name, value FROM {s}.counters",
-            "event_seq": f"SELECT coalesce(max(id), 0) FROM {s}.events",
-            # What a transaction needs at its start, in one statement (after the advisory lock,
-            # in a statement of its own: a statement's snapshot is taken when it starts).
-            "tx_state": (f"SELECT (SELECT json_object_agg(name, value) FROM {s}.counters), "
-                         f"(SELECT coalesce(max(id), 0) FROM {s}.events), "
-                         f"(SELECT coalesce(max(id), 0) FROM {s}.checkpoints), "
-                         f"(SELECT coalesce(max(segment), 0) FROM {s}.metrics), "
-                         "l.pid, l.host, l.since, l.token, l.heartbeat "
-                         f"FROM (SELECT 1) AS one LEFT JOIN {s}.lock AS l ON true"),
+            # The fence and the start state, checked by the store's function (see _CHECK).
+            "check": f"SELECT {s}.firepbt_check(%s, %s::jsonb)",
+            # What a transaction needs to hand out ids, in one statement (after the advisory
+            # lock, in a statement of its own: a statement's snapshot is taken when it starts).
+            "tx_state": f"SELECT {_START_STATE.format(s=s)}",
             "insert_checkpoint": (f"INSERT INTO {s}.checkpoints ({', '.join(ckpt_cols)}) "
                                   f"VALUES ({', '.join(['%s'] * len(ckpt_cols))})"),
             "set_counter": (f"INSERT INTO {s}.counters (name, value) VALUES (%s, %s) "
@@ -574,7 +657,7 @@ class PostgresStore(Store):
             try:
                 outcome = _run_op(op, self._connection())
             except psycopg.Error as exc:
-                if _retryable(exc, self._conn):
+                if _retryable(exc, self._conn) or exc.sqlstate == _STALE:
                     self._recover(tx, exc)
                     continue
                 tx.failed = exc
@@ -582,27 +665,32 @@ class PostgresStore(Store):
             tx.log.append((op, outcome))
             return _unwrap(outcome)
 
-    def _begin(self, tx: _Tx) -> None:
-        """Open the transaction on the current connection: one round trip."""
-        conn = self._connection()
-        sql, bind = self._sql, self._bind
-        tx.pending = []
-        ex = self._execute
-        parts = ["BEGIN", bind(ex[sql["lock_xact"]], (self._key,)),
-                 bind(ex[sql["set_marker"]], (self._session, tx.token, time.time())),
-                 ex[sql["tx_state"]]]
-        cur = conn.execute("; ".join(parts))
-        for _ in range(3):  # to the last result: BEGIN, the lock, the marker, the state
-            cur.nextset()
-        row = cur.fetchone()
-        assert row is not None
-        counters, tx.event_seq, tx.max_checkpoint, tx.max_metric_segment, *lock = row
-        tx.counters = {name: int(value) for name, value in (counters or {}).items()}
-        tx.new_checkpoints, tx.new_metrics = set(), set()
-        if tx.fence is not None:
-            # Under the advisory lock: a takeover (a write transaction too) waits for our
-            # COMMIT, so this check holds until then.
-            check_fence(self._lock_of(lock if lock[3] is not None else None), tx.fence)
+    def _begin(self, tx: _Tx, cached: bool = False) -> None:
+        """Open the transaction: queue BEGIN, the lock, the check and the marker (no round trip).
+
+        Args:
+            cached: start from the state of this store's last commit (a fenced transaction's
+                first attempt): the check then also verifies that it is still current.
+        """
+        self._connection()
+        sql, ex, bind = self._sql, self._execute, self._bind
+        tx.pending = ["BEGIN", bind(ex[sql["lock_xact"]], (self._key,))]
+        tx.known, tx.new_checkpoints, tx.new_metrics = False, set(), set()
+        expected = None
+        if cached and self._end_state is not None:
+            tx.load(self._end_state)
+            expected = dump_json(self._end_state, "start state")
+        if tx.fence is not None or expected is not None:
+            token = None if tx.fence is None else tx.fence.token
+            tx.pending.append(bind(ex[sql["check"]], (token, expected)))
+        tx.pending.append(bind(ex[sql["set_marker"]], (self._session, tx.token, time.time())))
+
+    def _state(self, tx: _Tx) -> None:
+        """Make sure ``tx`` knows its start state: read it the first time a call needs it."""
+        if not tx.known:
+            row = self._exec(self._sql["tx_state"]).fetchone()
+            assert row is not None
+            tx.load(row[0])
 
     def _exec(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
         """Run a statement whose answer is needed, after the transaction's queued writes."""
@@ -635,6 +723,9 @@ class PostgresStore(Store):
     def _recover(self, tx: _Tx, exc: BaseException, committing: bool = False) -> bool:
         """Reconnect and rebuild ``tx`` on the new connection; True if its COMMIT got through.
 
+        Also what a fenced transaction does when its start state turned out to be stale
+        (``exc`` has SQLSTATE ``_STALE``): rolled back, it is replayed on the real state.
+
         Raises:
             StoreError: Not reconnected within ``timeout_s``, or a replayed call returned
                 something else than the first time (nothing is committed then).
@@ -664,9 +755,16 @@ class PostgresStore(Store):
                     again = _run_op(op, conn)
                     if not _same(again, outcome):
                         tx.failed = StoreError("replay differed")
+                        why = (
+                            "another connection wrote ids, events, checkpoints or metrics "
+                            "while this fenced transaction ran (the lock holder should be the "
+                            "experiment's only writer) and, replayed on the current state,"
+                            if isinstance(exc, psycopg.Error) and exc.sqlstate == _STALE
+                            else "the connection dropped mid-transaction and, replayed on a "
+                            "new one,"
+                        )
                         raise StoreError(
-                            f"{self.url}: the connection dropped mid-transaction and, replayed "
-                            f"on a new one, a store call returned {again[1]!r} instead of "
+                            f"{self.url}: {why} a store call returned {again[1]!r} instead of "
                             f"{outcome[1]!r}; nothing of this transaction was committed"
                         )
                 return False
@@ -691,6 +789,9 @@ class PostgresStore(Store):
                 tx.pending = []
                 break
             except psycopg.Error as exc:
+                if exc.sqlstate == _STALE:  # refused before the COMMIT: replay, then commit
+                    self._recover(tx, exc)
+                    continue
                 if not _retryable(exc, self._conn):
                     tx.failed = exc
                     raise self._error(exc) from exc
@@ -698,12 +799,15 @@ class PostgresStore(Store):
                 if self._recover(tx, exc, committing=True):
                     break
         self._last_token = tx.token
+        if tx.known:  # else the transaction changed none of it: the last one still holds
+            self._end_state = tx.end_state()
+        self._known_checkpoints.update(i for i in tx.new_checkpoints if isinstance(i, int))
 
     def _rollback(self) -> None:
         """Roll back the open transaction; a connection in doubt is dropped instead."""
         conn = self._conn
-        if conn is None:
-            return
+        if conn is None or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            return  # nothing reached the server (the opening statements are still queued)
         try:
             conn.execute("ROLLBACK")
         except Exception:
@@ -734,7 +838,9 @@ class PostgresStore(Store):
             self._tx = tx
             try:
                 try:
-                    self._begin(tx)
+                    # Only a fenced transaction trusts the last commit's state: its holder is
+                    # the experiment's only writer. Others read it when they need it.
+                    self._begin(tx, cached=fence is not None)
                 except psycopg.Error as exc:
                     if not _retryable(exc, self._conn):
                         raise self._error(exc) from exc
@@ -742,6 +848,7 @@ class PostgresStore(Store):
                 yield
                 self._commit(tx)
             except BaseException:
+                self._end_state = None  # unknown now: the next transaction reads it
                 self._rollback()
                 raise
             finally:
@@ -811,6 +918,7 @@ class PostgresStore(Store):
         def op(conn: Conn) -> int:
             tx = self._tx
             assert tx is not None  # next_id always runs in a transaction (a write)
+            self._state(tx)
             value = tx.counters.get(counter, 0) + 1
             tx.counters[counter] = value
             self._defer(sql, (counter, value))
@@ -849,6 +957,7 @@ class PostgresStore(Store):
         def op(conn: Conn) -> None:
             tx = self._tx
             assert tx is not None  # a write: always in a transaction
+            self._state(tx)
             if rec.id in tx.new_checkpoints:
                 exists = True
             elif isinstance(rec.id, int) and rec.id > tx.max_checkpoint:
@@ -865,20 +974,35 @@ class PostgresStore(Store):
         self._call(op, write=True)
 
     def checkpoint(self, checkpoint_id: int) -> CheckpointRecord:
-        return self._one("checkpoints", CheckpointRecord, checkpoint_id, "checkpoint")
+        return self._seen(
+            [self._one("checkpoints", CheckpointRecord, checkpoint_id, "checkpoint")])[0]
 
     def checkpoints(
         self, worker: int | None = None, include_deleted: bool = False
     ) -> list[CheckpointRecord]:
-        return self._many("checkpoints", CheckpointRecord, "id", worker=worker,
-                          deleted=None if include_deleted else 0)
+        return self._seen(self._many("checkpoints", CheckpointRecord, "id", worker=worker,
+                                     deleted=None if include_deleted else 0))
+
+    def _seen(self, records: list[CheckpointRecord]) -> list[CheckpointRecord]:
+        """Remember committed checkpoint ids read outside a transaction (see mark_deleted)."""
+        if self._tx is None:  # inside one, a record may be this transaction's own, uncommitted
+            self._known_checkpoints.update(
+                r.id for r in records if not r.deleted and isinstance(r.id, int))
+        return records
 
     def mark_checkpoint_deleted(self, checkpoint_id: int) -> None:
         sql = self._sql["delete_checkpoint"]
 
         def op(conn: Conn) -> None:
-            if not self._exec(sql, (checkpoint_id,)).fetchall():
+            tx = self._tx
+            assert tx is not None  # a write: always in a transaction
+            if checkpoint_id in self._known_checkpoints or checkpoint_id in tx.new_checkpoints:
+                self._defer(sql, (checkpoint_id,))  # known to exist: queued, no round trip
+            elif not self._exec(sql, (checkpoint_id,)).fetchall():
                 raise KeyError(f"unknown checkpoint {checkpoint_id!r}")
+            # Marked now (or, should this transaction roll back, unknown again: a replay or a
+            # second call asks the server).
+            self._known_checkpoints.discard(checkpoint_id)
 
         self._call(op, write=True)
 
@@ -908,6 +1032,7 @@ class PostgresStore(Store):
             # savepoint.
             tx = self._tx
             assert tx is not None  # a write: always in a transaction
+            self._state(tx)
             if all(isinstance(k[1], int) and k[1] > tx.max_metric_segment for k in keys):
                 stored = tx.new_metrics  # known absent unless added by this transaction
             else:
@@ -933,6 +1058,7 @@ class PostgresStore(Store):
         def op(conn: Conn) -> int:
             tx = self._tx
             assert tx is not None  # add_event always runs in a transaction (a write)
+            self._state(tx)
             tx.event_seq += 1
             self._defer(sql, (tx.event_seq, *row))
             return tx.event_seq
