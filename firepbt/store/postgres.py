@@ -22,21 +22,23 @@ other controller runs on. The experiment lock is a row (pid, host, since, token,
 a lease that goes stale by heartbeat age (the times the controllers pass in), and a fencing
 token; no pid is ever checked, so it works across hosts.
 
-**One round trip per fenced transaction.** Nothing is sent when a transaction opens: BEGIN,
-the advisory lock, the fence check and the marker row are queued and travel with the first
-statement that needs an answer (a read) or with the COMMIT. The fence check is the store's
-own function ``firepbt_check``, which raises a custom SQLSTATE when the holder lost the lock,
-so the rest of that message (the queued writes, the COMMIT) never runs and nothing commits;
-the caller gets ``LockLost`` from that read or from the end of its ``with`` block. What a
-transaction needs to hand out ids without asking (the counters, the last event id, the
-largest checkpoint id and metric segment: its *start state*) is read the first time a call
-needs it, or, in a fenced transaction, taken from this store's own last commit: the holder
-of the lock is the experiment's only writer, so that state is still current. The same
-function checks that it is, in the same message; if another connection wrote ids, events,
-checkpoints or metrics meanwhile (which the lease forbids), the transaction is rolled back and
-replayed on the real state, and commits only if every call returns what it returned the first
-time, else ``StoreError`` and nothing commits. So a controller's decision (writes, ids,
-events, the fence, COMMIT) is one message to the server and one answer.
+**One round trip per fenced transaction.** Nothing is sent when a transaction opens: BEGIN
+and the store's own function ``firepbt_begin`` (the advisory lock, the fence check, the marker
+rows) are queued and travel with the first statement that needs an answer (a read) or with
+the COMMIT. A failed fence check raises a custom SQLSTATE, so the rest of that message (the
+queued writes, the COMMIT) never runs and nothing commits; the caller gets ``LockLost`` from
+that read or from the end of its ``with`` block. What a transaction needs to hand out ids
+without asking (the counters, the last event id, the largest checkpoint id and metric
+segment: its *start state*) is read the first time a call needs it, or, in a fenced
+transaction, taken from this store's own last commit: the lock holder is the experiment's
+only writer, so that state is still the server's. ``firepbt_begin`` checks that too, in the
+same message: every write transaction records its token as the experiment's last writer, and
+if that is no longer this store's last commit (another connection wrote meanwhile, which the
+lease forbids), the transaction is rolled back and replayed on the real state; it commits
+only if every call returns what it returned the first time, else ``StoreError`` and nothing
+commits. So a controller's decision (its writes, ids, events, the fence, the COMMIT) is one
+message to the server and one answer; a decision that reads (an exploit reads its donor's
+checkpoint record) is two.
 
 **Reconnecting.** A dropped connection (server restarted, network blip) is reconnected with
 bounded backoff for up to ``timeout_s``; then ``StoreError`` names the URL and the last error.
@@ -113,9 +115,9 @@ _BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 # SQLSTATEs worth a reconnect or a replay: serialization failure, deadlock, the server shutting
 # down or starting up. Class 08 (connection exceptions) and a broken connection count too.
 _RETRY_STATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
-# SQLSTATEs of the store's own check function (firepbt_check): the fence holder lost the
-# experiment lock; the start state a transaction took from its store's last commit is out of
-# date (another connection wrote meanwhile).
+# SQLSTATEs raised by the store's own function firepbt_begin (see _BEGIN): the fence holder
+# lost the experiment lock; the start state a transaction took from its store's last commit
+# is out of date (another connection wrote meanwhile).
 _LOCK_LOST = "FPLCK"
 _STALE = "FPSTL"
 
@@ -167,26 +169,41 @@ _START_STATE = """jsonb_build_array(
     (SELECT coalesce(max(id), 0) FROM {s}.events),
     (SELECT coalesce(max(id), 0) FROM {s}.checkpoints),
     (SELECT coalesce(max(segment), 0) FROM {s}.metrics))"""
-# Checked at a transaction's first round trip, under the experiment's advisory lock, so that
-# it holds until the COMMIT in the same message. A custom SQLSTATE aborts the transaction:
-# the statements after it in that message (the queued writes, the COMMIT) do not run.
-_CHECK = """CREATE FUNCTION {s}.firepbt_check(fence TEXT, expected JSONB) RETURNS void
-LANGUAGE plpgsql AS $check$
+# The row of table ``sessions`` that names the last committed write transaction of the
+# experiment, whichever store object made it (its marker token). Session names are 16 hex
+# digits, never empty.
+_LAST_WRITER = ""
+# How every write transaction starts (one statement after BEGIN): it takes the experiment's
+# advisory lock, then (each statement of a VOLATILE function sees what committed before it
+# started, so after the lock) checks the fence and, if ``last`` is given, that the last
+# committed write was this store's (so the start state it remembers is current), then writes
+# the markers. A failed check raises a custom SQLSTATE, which aborts the transaction: the
+# statements after it in the same message (the queued writes, the COMMIT) do not run.
+_BEGIN = """CREATE FUNCTION {s}.firepbt_begin(
+    lock_key BIGINT, fence TEXT, last TEXT, my_session TEXT, my_token TEXT,
+    now DOUBLE PRECISION) RETURNS void
+LANGUAGE plpgsql AS $begin$
 DECLARE
     held TEXT;
 BEGIN
+    PERFORM pg_advisory_xact_lock(lock_key);
     IF fence IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {s}.lock WHERE token = fence) THEN
         SELECT json_build_array(pid, host, since, token, heartbeat)::text INTO held
             FROM {s}.lock;
         RAISE EXCEPTION 'firepbt: the fence holder lost the experiment lock'
             USING ERRCODE = '""" + _LOCK_LOST + """', DETAIL = coalesce(held, 'null');
     END IF;
-    IF expected IS NOT NULL AND expected IS DISTINCT FROM """ + _START_STATE + """ THEN
-        RAISE EXCEPTION 'firepbt: the start state changed since this store''s last commit'
+    IF last IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM {s}.sessions WHERE session = '""" + _LAST_WRITER + """'
+            AND token = last) THEN
+        RAISE EXCEPTION 'firepbt: another connection wrote since this store''s last commit'
             USING ERRCODE = '""" + _STALE + """';
     END IF;
+    INSERT INTO {s}.sessions (session, token, time)
+        VALUES (my_session, my_token, now), ('""" + _LAST_WRITER + """', my_token, now)
+        ON CONFLICT (session) DO UPDATE SET token = EXCLUDED.token, time = EXCLUDED.time;
 END
-$check$"""
+$begin$"""
 _TABLES = frozenset(
     {"meta", "experiment", "state", "counters", "lock", "sessions"}
     | {"workers", "checkpoints", "segments", "metrics", "events"}
@@ -456,7 +473,7 @@ class PostgresStore(Store):
 
     def _error(self, exc: psycopg.Error) -> StoreError:
         if exc.sqlstate == _LOCK_LOST and self._tx is not None and self._tx.fence is not None:
-            # The check function names the holder it found (DETAIL: the lock row as JSON).
+            # firepbt_begin names the holder it found (DETAIL: the lock row as JSON).
             row = load_json(exc.diag.message_detail or "null", frozen=False)
             try:
                 check_fence(self._lock_of(row), self._tx.fence)
@@ -511,7 +528,7 @@ class PostgresStore(Store):
                         f"INSERT INTO {s}.meta (key, value) VALUES ('format_version', %s)",
                         (str(FORMAT_VERSION),),
                     )
-                    conn.execute(_CHECK.format(s=s))
+                    conn.execute(_BEGIN.format(s=s))
                     return
                 self._validate(conn)
 
@@ -561,10 +578,10 @@ class PostgresStore(Store):
             conn.execute(f"UPDATE {s}.meta SET value = %s WHERE key = 'format_version'",
                          (str(FORMAT_VERSION),))
         if conn.execute("SELECT 1 FROM pg_proc WHERE pronamespace = %s::regnamespace AND "
-                        "proname = 'firepbt_check'", (s,)).fetchone() is None:
-            # A store made before the check function existed: it holds no data, so adding it
+                        "proname = 'firepbt_begin'", (s,)).fetchone() is None:
+            # A store made before firepbt_begin existed: a function holds no data, so adding it
             # changes no format (an older firepbt ignores it).
-            conn.execute(_CHECK.format(s=s))
+            conn.execute(_BEGIN.format(s=s))
 
     @staticmethod
     def _statements(schema: str) -> dict[str, str]:
@@ -582,16 +599,9 @@ class PostgresStore(Store):
         ckpt_cols = columns(CheckpointRecord)
         event_cols = columns(EventRecord)
         return {
-            "lock_xact": "SELECT pg_advisory_xact_lock(%s)",
+            "begin": f"SELECT {s}.firepbt_begin(%s, %s, %s, %s, %s, %s)",  # see _BEGIN
             "marker": f"SELECT token FROM {s}.sessions WHERE session = %s",
-            "set_marker": (f"INSERT INTO {s}.sessions (session, token, time) VALUES (%s, %s, %s) "
-                           "ON CONFLICT (session) DO UPDATE SET token = EXCLUDED.token, "
-                           "time = EXCLUDED.time"),
             "drop_marker": f"DELETE FROM {s}.sessions WHERE session = %s",
-            # The fence and the start state, checked by the store's function (see _CHECK).
-            "check": f"SELECT {s}.firepbt_check(%s, %s::jsonb)",
-            # What a transaction needs to hand out ids, in one statement (after the advisory
-            # lock, in a statement of its own: a statement's snapshot is taken when it starts).
             "tx_state": f"SELECT {_START_STATE.format(s=s)}",
             "insert_checkpoint": (f"INSERT INTO {s}.checkpoints ({', '.join(ckpt_cols)}) "
                                   f"VALUES ({', '.join(['%s'] * len(ckpt_cols))})"),
@@ -666,24 +676,22 @@ class PostgresStore(Store):
             return _unwrap(outcome)
 
     def _begin(self, tx: _Tx, cached: bool = False) -> None:
-        """Open the transaction: queue BEGIN, the lock, the check and the marker (no round trip).
+        """Open the transaction: queue BEGIN and ``firepbt_begin`` (no round trip).
 
         Args:
             cached: start from the state of this store's last commit (a fenced transaction's
-                first attempt): the check then also verifies that it is still current.
+                first attempt); ``firepbt_begin`` then also checks that it is still current.
         """
         self._connection()
         sql, ex, bind = self._sql, self._execute, self._bind
-        tx.pending = ["BEGIN", bind(ex[sql["lock_xact"]], (self._key,))]
         tx.known, tx.new_checkpoints, tx.new_metrics = False, set(), set()
-        expected = None
+        last = None
         if cached and self._end_state is not None:
             tx.load(self._end_state)
-            expected = dump_json(self._end_state, "start state")
-        if tx.fence is not None or expected is not None:
-            token = None if tx.fence is None else tx.fence.token
-            tx.pending.append(bind(ex[sql["check"]], (token, expected)))
-        tx.pending.append(bind(ex[sql["set_marker"]], (self._session, tx.token, time.time())))
+            last = self._last_token  # the commit that left that state: still the last one?
+        fence = None if tx.fence is None else tx.fence.token
+        tx.pending = ["BEGIN", bind(ex[sql["begin"]], (self._key, fence, last, self._session,
+                                                       tx.token, time.time()))]
 
     def _state(self, tx: _Tx) -> None:
         """Make sure ``tx`` knows its start state: read it the first time a call needs it."""
