@@ -26,6 +26,16 @@ Rules of the contract (the conformance suite in ``firepbt.store.conformance`` ch
   with its commit, that ``holder`` (compared by token) still holds the lock. If another holder
   took it over (a controller paused past the lock's expiry, then resumed), it raises
   ``LockLost`` (an ``ExperimentLocked``) naming both holders, and nothing of the block commits.
+  The check runs before the block (memory, SQLite) or at the transaction's first read or its
+  commit (PostgreSQL: one round trip per transaction instead of two), so a lost holder's block
+  may run, partly or whole, before ``LockLost``. Two things hold either way: a read inside a
+  fenced block never returns to a holder that lost the lock, and what the block got without a
+  read (ids from ``next_id`` and ``add_event``) must not be acted on outside the store before
+  the commit returns (the controller dispatches work only after it).
+* **One writer under the fence.** A fenced transaction's holder is the experiment's only
+  writer. If another connection writes ids, events, checkpoints or metrics anyway, a backend
+  may refuse the fenced commit with ``StoreError`` (committing nothing) rather than commit ids
+  that collide; memory and SQLite never need to.
 """
 
 from __future__ import annotations
@@ -167,10 +177,11 @@ class Store(ABC):
         """All writes inside commit together or roll back together; does not nest.
 
         Args:
-            fence: when given, the transaction first checks (inside itself, so no other
-                holder can take the lock between the check and the commit) that ``fence``
-                still holds the experiment lock, and raises ``LockLost`` before running the
-                block if it does not.
+            fence: when given, the transaction checks (inside itself, so no other holder can
+                take the lock between the check and the commit) that ``fence`` still holds
+                the experiment lock, and raises ``LockLost``, committing nothing, if it does
+                not: before the block, or at the block's first read or at the commit (see
+                "Fencing" in the module docstring).
         """
 
     # -- experiment --------------------------------------------------------------------------

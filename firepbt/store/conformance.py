@@ -59,6 +59,9 @@ __all__ = [
     "test_fenced_transaction_commits_while_the_lock_is_held",
     "test_fenced_transaction_of_a_replaced_holder_commits_nothing",
     "test_fenced_transaction_sees_a_takeover_by_another_connection",
+    "test_a_read_in_a_fenced_block_never_returns_to_a_lost_holder",
+    "test_fenced_transactions_in_a_row_keep_ids_and_duplicate_checks",
+    "test_fenced_ids_stay_unique_when_another_connection_writes",
     "test_future_heartbeat_is_not_reported_as_a_negative_age",
     "test_failed_write_inside_transaction_keeps_the_rest",
     "test_live_lock_blocks_a_second_holder",
@@ -567,15 +570,109 @@ def test_fenced_transaction_commits_while_the_lock_is_held(store: Store) -> None
 def test_fenced_transaction_of_a_replaced_holder_commits_nothing(store: Store) -> None:
     old, new = _holder(1, "old"), _holder(2, "new")
     store.acquire_lock(old, stale_after_s=30, now=100.0)
+    with store.transaction(fence=old):  # a fenced commit first: the next may skip reading
+        store.next_id("checkpoint")
+        store.add_event(_event())
     store.acquire_lock(new, stale_after_s=30, now=200.0)  # stale: taken over
     with pytest.raises(LockLost) as err, store.transaction(fence=old):
-        store.put_state("round", 1)  # never reached: the check comes first
+        # The check comes before the block or at its commit: none of this commits.
+        store.put_state("round", 1)
+        store.next_id("checkpoint")
+        store.add_event(_event())
+        store.add_checkpoint(_checkpoint(1))
+        store.add_metrics([_metric(1, 1, 1)])
     assert isinstance(err.value, ExperimentLocked)
     assert "pid 1 on host host-1" in str(err.value) and "pid 2 on host host-2" in str(err.value)
     assert store.get_state("round") is None
+    assert len(store.events()) == 1 and store.checkpoints() == [] and store.metrics() == []
     with store.transaction(fence=new):  # the new holder commits, and the store is usable
         store.put_state("round", 2)
+        assert store.next_id("checkpoint") == 2
     assert store.get_state("round") == 2
+
+
+def test_a_read_in_a_fenced_block_never_returns_to_a_lost_holder(store: Store) -> None:
+    # What the controller relies on: it acts outside the store (cancels work) on what it read.
+    old, new = _holder(1, "old"), _holder(2, "new")
+    store.acquire_lock(old, stale_after_s=30, now=100.0)
+    store.put_state("round", 1)
+    with store.transaction(fence=old):
+        store.next_id("checkpoint")
+    store.acquire_lock(new, stale_after_s=30, now=200.0)  # stale: taken over
+    read = []
+    with pytest.raises(LockLost, match="pid 2 on host host-2"), store.transaction(fence=old):
+        store.next_id("checkpoint")
+        read.append(store.get_state("round"))
+    assert read == []
+
+
+def test_fenced_transactions_in_a_row_keep_ids_and_duplicate_checks(store: Store) -> None:
+    """A backend may carry what it knows from one fenced commit to the next: it must stay
+    exact across fenced and unfenced transactions, and across a refused or rolled-back one."""
+    me = _holder(1, "me")
+    store.acquire_lock(me, stale_after_s=30, now=100.0)
+    with store.transaction(fence=me):
+        assert [store.next_id("checkpoint"), store.next_id("segment")] == [1, 1]
+        first = store.add_event(_event())
+        store.add_checkpoint(_checkpoint(5))
+        store.add_metrics([_metric(1, 5, 1)])
+    assert store.next_id("checkpoint") == 2  # unfenced, in between
+    with store.transaction(fence=me):
+        assert store.next_id("checkpoint") == 3
+        assert store.add_event(_event()) > first
+        with pytest.raises(StoreError, match="checkpoint 5"):
+            store.add_checkpoint(_checkpoint(5))  # committed by the transaction before
+        store.add_checkpoint(_checkpoint(4))
+        with pytest.raises(StoreError, match=r"\(1, 5, 1\)"):
+            store.add_metrics([_metric(1, 5, 1)])
+        store.add_metrics([_metric(1, 6, 1)])
+        store.mark_checkpoint_deleted(5)
+    with pytest.raises(RuntimeError), store.transaction(fence=me):
+        store.next_id("checkpoint")
+        store.add_checkpoint(_checkpoint(9))
+        store.add_metrics([_metric(1, 9, 1)])
+        raise RuntimeError("rolled back")
+    with store.transaction(fence=me):
+        assert store.next_id("checkpoint") == 4
+        store.add_checkpoint(_checkpoint(9))  # rolled back before: absent
+        store.add_metrics([_metric(1, 9, 1)])
+        with pytest.raises(KeyError):
+            store.mark_checkpoint_deleted(8)
+        store.mark_checkpoint_deleted(4)
+    assert [(c.id, c.deleted) for c in store.checkpoints(include_deleted=True)] == [
+        (4, True), (5, True), (9, False)]
+    assert [(m.segment, m.step) for m in store.metrics()] == [(5, 1), (6, 1), (9, 1)]
+    assert len(store.events()) == 2
+
+
+def test_fenced_ids_stay_unique_when_another_connection_writes(
+    store_factory: StoreFactory, store: Store
+) -> None:
+    """Another connection writing under a live fence breaks the rule, but never the ids: the
+    fenced transaction gets fresh ones or commits nothing."""
+    _persistent_only(store_factory)
+    me = _holder(1, "me")
+    store.acquire_lock(me, stale_after_s=30, now=100.0)
+    with store.transaction(fence=me):
+        assert store.next_id("checkpoint") == 1
+    other = store_factory()
+    try:
+        assert other.next_id("checkpoint") == 2
+        other.put_state("note", "harmless")
+        got: list[int] = []
+        try:
+            with store.transaction(fence=me):
+                got.append(store.next_id("checkpoint"))
+                store.put_state("mine", got[-1])
+        except StoreError as exc:
+            assert not isinstance(exc, LockLost) and "another connection wrote" in str(exc)
+            assert store.get_state("mine") is None  # nothing committed
+        else:
+            assert got == [3] and store.get_state("mine") == 3
+        with store.transaction(fence=me):  # the store carries on, from the real counters
+            assert store.next_id("checkpoint") == (4 if got == [3] else 3)
+    finally:
+        other.close()
 
 
 def test_fenced_transaction_sees_a_takeover_by_another_connection(

@@ -22,6 +22,24 @@ other controller runs on. The experiment lock is a row (pid, host, since, token,
 a lease that goes stale by heartbeat age (the times the controllers pass in), and a fencing
 token; no pid is ever checked, so it works across hosts.
 
+**One round trip per fenced transaction.** Nothing is sent when a transaction opens: BEGIN
+and the store's own function ``firepbt_begin`` (the advisory lock, the fence check, the marker
+rows) are queued and travel with the first statement that needs an answer (a read) or with
+the COMMIT. A failed fence check raises a custom SQLSTATE, so the rest of that message (the
+queued writes, the COMMIT) never runs and nothing commits; the caller gets ``LockLost`` from
+that read or from the end of its ``with`` block. What a transaction needs to hand out ids
+without asking (the counters, the last event id, the largest checkpoint id and metric
+segment: its *start state*) is read the first time a call needs it, or, in a fenced
+transaction, taken from this store's own last commit: the lock holder is the experiment's
+only writer, so that state is still the server's. ``firepbt_begin`` checks that too, in the
+same message: every write transaction records its token as the experiment's last writer, and
+if that is no longer this store's last commit (another connection wrote meanwhile, which the
+lease forbids), the transaction is rolled back and replayed on the real state; it commits
+only if every call returns what it returned the first time, else ``StoreError`` and nothing
+commits. So a controller's decision (its writes, ids, events, the fence, the COMMIT) is one
+message to the server and one answer; a decision that reads (an exploit reads its donor's
+checkpoint record) is two.
+
 **Reconnecting.** A dropped connection (server restarted, network blip) is reconnected with
 bounded backoff for up to ``timeout_s``; then ``StoreError`` names the URL and the last error.
 A transaction interrupted mid-way is *replayed* on the new connection: every store call made
@@ -46,6 +64,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import re
 import secrets
 import threading
@@ -58,7 +77,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 
-from firepbt.errors import ConfigError, FormatVersionError, StoreCorrupt, StoreError
+from firepbt.errors import ConfigError, FormatVersionError, LockLost, StoreCorrupt, StoreError
 from firepbt.store.base import (
     COMPLETED,
     FORMAT_VERSION,
@@ -97,6 +116,11 @@ _BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0)
 # SQLSTATEs worth a reconnect or a replay: serialization failure, deadlock, the server shutting
 # down or starting up. Class 08 (connection exceptions) and a broken connection count too.
 _RETRY_STATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
+# SQLSTATEs raised by the store's own function firepbt_begin (see _BEGIN): the fence holder
+# lost the experiment lock; the start state a transaction took from its store's last commit
+# is out of date (another connection wrote meanwhile).
+_LOCK_LOST = "FPLCK"
+_STALE = "FPSTL"
 
 # Column names and order match the record fields (firepbt.store.codec.columns). JSON stays
 # TEXT, not jsonb: jsonb would reorder keys and reformat numbers, and the rows must come back
@@ -139,6 +163,48 @@ CREATE TABLE {s}.events (
 CREATE INDEX events_by_kind ON {s}.events (kind, id);
 CREATE INDEX events_by_worker ON {s}.events (worker, id);
 """
+# A transaction's start state, as one JSON array: the counters, the last event id, the largest
+# checkpoint id and the largest segment with metric rows (each maximum is one index lookup).
+_START_STATE = """jsonb_build_array(
+    coalesce((SELECT jsonb_object_agg(name, value) FROM {s}.counters), '{{}}'::jsonb),
+    (SELECT coalesce(max(id), 0) FROM {s}.events),
+    (SELECT coalesce(max(id), 0) FROM {s}.checkpoints),
+    (SELECT coalesce(max(segment), 0) FROM {s}.metrics))"""
+# The row of table ``sessions`` that names the last committed write transaction of the
+# experiment, whichever store object made it (its marker token). Session names are 16 hex
+# digits, never empty.
+_LAST_WRITER = ""
+# How every write transaction starts (one statement after BEGIN): it takes the experiment's
+# advisory lock, then (each statement of a VOLATILE function sees what committed before it
+# started, so after the lock) checks the fence and, if ``last`` is given, that the last
+# committed write was this store's (so the start state it remembers is current), then writes
+# the markers. A failed check raises a custom SQLSTATE, which aborts the transaction: the
+# statements after it in the same message (the queued writes, the COMMIT) do not run.
+_BEGIN = """CREATE FUNCTION {s}.firepbt_begin(
+    lock_key BIGINT, fence TEXT, last TEXT, my_session TEXT, my_token TEXT,
+    now DOUBLE PRECISION) RETURNS void
+LANGUAGE plpgsql AS $begin$
+DECLARE
+    held TEXT;
+BEGIN
+    PERFORM pg_advisory_xact_lock(lock_key);
+    IF fence IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {s}.lock WHERE token = fence) THEN
+        SELECT json_build_array(pid, host, since, token, heartbeat)::text INTO held
+            FROM {s}.lock;
+        RAISE EXCEPTION 'firepbt: the fence holder lost the experiment lock'
+            USING ERRCODE = '""" + _LOCK_LOST + """', DETAIL = coalesce(held, 'null');
+    END IF;
+    IF last IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM {s}.sessions WHERE session = '""" + _LAST_WRITER + """'
+            AND token = last) THEN
+        RAISE EXCEPTION 'firepbt: another connection wrote since this store''s last commit'
+            USING ERRCODE = '""" + _STALE + """';
+    END IF;
+    INSERT INTO {s}.sessions (session, token, time)
+        VALUES (my_session, my_token, now), ('""" + _LAST_WRITER + """', my_token, now)
+        ON CONFLICT (session) DO UPDATE SET token = EXCLUDED.token, time = EXCLUDED.time;
+END
+$begin$"""
 _TABLES = frozenset(
     {"meta", "experiment", "state", "counters", "lock", "sessions"}
     | {"workers", "checkpoints", "segments", "metrics", "events"}
@@ -247,6 +313,9 @@ class _Tx:
     token: str
     fence: LockHolder | None
     log: list[tuple[Op, Outcome]] = field(default_factory=list)
+    # Whether the start state below is known: read from the server (lazily, by the first call
+    # that needs it), or taken from the store's last commit (checked at the first round trip).
+    known: bool = False
     # Counter values and the last event id as of this transaction's start, advanced locally:
     # nobody else writes while we hold the experiment's write lock, so next_id and add_event
     # need no round trip of their own.
@@ -266,6 +335,21 @@ class _Tx:
     pending: list[str] = field(default_factory=list)
     deadline: float | None = None  # set at the first lost connection
     failed: BaseException | None = None  # a statement failed: the transaction can only roll back
+
+    def load(self, state: Sequence[Any]) -> None:
+        """Start from ``state``: ``[counters, last event id, max checkpoint, max segment]``."""
+        counters, event_seq, max_checkpoint, max_metric_segment = state
+        self.counters = {str(name): int(value) for name, value in counters.items()}
+        self.event_seq, self.max_checkpoint = int(event_seq), int(max_checkpoint)
+        self.max_metric_segment = int(max_metric_segment)
+        self.known = True
+
+    def end_state(self) -> list[Any]:
+        """The start state as of this transaction's commit (what the server holds then)."""
+        checkpoints = [i for i in self.new_checkpoints if isinstance(i, int)]
+        segments = [k[1] for k in self.new_metrics if isinstance(k[1], int)]
+        return [dict(self.counters), self.event_seq, max([self.max_checkpoint, *checkpoints]),
+                max([self.max_metric_segment, *segments])]
 
 
 class PostgresStore(Store):
@@ -311,6 +395,15 @@ class PostgresStore(Store):
         self._last_token: str | None = None
         # The token of a COMMIT whose answer was lost, while a reconnect resolves it.
         self._pending_token: str | None = None
+        # The start state as of this store's last commit (see _Tx.end_state), for the next
+        # fenced transaction; None when unknown (before the first, after any failure).
+        self._end_state: list[Any] | None = None
+        # Checkpoint ids known to exist on the server and not marked deleted by this store
+        # since: committed by it, or read outside a transaction. Records are append-only, so
+        # one that existed always will, and marking it deleted needs no round trip to learn
+        # that it exists (retention marks hundreds at once). About as many ids as the
+        # controller's own table of live checkpoints.
+        self._known_checkpoints: set[int] = set()
         self._sql = self._statements(self.schema)
         # Each statement as a server-side prepared statement, and the EXECUTE that runs it:
         # queued writes travel as text (simple protocol), and EXECUTE skips parsing and
@@ -320,6 +413,7 @@ class PostgresStore(Store):
             if "%s" in sql else f"EXECUTE fp_{name}"
             for name, sql in self._sql.items()
         }
+        self._prepared = {sql: f"fp_{name}" for name, sql in self._sql.items()}
         self._prepare_sql = "; ".join(
             f"PREPARE fp_{name} AS {_numbered(sql)}" for name, sql in self._sql.items()
         )
@@ -329,7 +423,10 @@ class PostgresStore(Store):
     # -- connections ---------------------------------------------------------------------
     def _connect(self) -> Conn:
         """One connection attempt (bounded by the connect timeout); psycopg errors pass."""
-        options = f"-c lock_timeout={int(self._timeout_s * 1000)}"
+        # standard_conforming_strings (the default since PostgreSQL 9.1, set in case a server
+        # or role turned it off): _literal relies on backslashes being plain characters.
+        options = (f"-c lock_timeout={int(self._timeout_s * 1000)} "
+                   "-c standard_conforming_strings=on")
         if not self._parsed.synchronous_commit:
             options += " -c synchronous_commit=off"
         conn: Conn = psycopg.connect(
@@ -380,6 +477,13 @@ class PostgresStore(Store):
         )
 
     def _error(self, exc: psycopg.Error) -> StoreError:
+        if exc.sqlstate == _LOCK_LOST and self._tx is not None and self._tx.fence is not None:
+            # firepbt_begin names the holder it found (DETAIL: the lock row as JSON).
+            row = load_json(exc.diag.message_detail or "null", frozen=False)
+            try:
+                check_fence(self._lock_of(row), self._tx.fence)
+            except LockLost as lost:
+                return lost
         if isinstance(exc, pg_errors.LockNotAvailable):
             return StoreError(
                 f"{self.url}: another connection held experiment {self.experiment_name!r}'s "
@@ -429,6 +533,7 @@ class PostgresStore(Store):
                         f"INSERT INTO {s}.meta (key, value) VALUES ('format_version', %s)",
                         (str(FORMAT_VERSION),),
                     )
+                    conn.execute(_BEGIN.format(s=s))
                     return
                 self._validate(conn)
 
@@ -470,13 +575,18 @@ class PostgresStore(Store):
             )
         if missing := _TABLES - tables:
             raise StoreCorrupt(f"{where}: firepbt store without tables {sorted(missing)}")
+        s = f'"{self.schema}"'
         if int(version) < 2:
             # Format 1 to 2 (under the experiment's write lock): metric rows gain ``extra``.
             # Adding a nullable column rewrites no rows; the statements prepared next use it.
-            s = f'"{self.schema}"'
             conn.execute(f"ALTER TABLE {s}.metrics ADD COLUMN IF NOT EXISTS extra TEXT")
             conn.execute(f"UPDATE {s}.meta SET value = %s WHERE key = 'format_version'",
                          (str(FORMAT_VERSION),))
+        if conn.execute("SELECT 1 FROM pg_proc WHERE pronamespace = %s::regnamespace AND "
+                        "proname = 'firepbt_begin'", (s,)).fetchone() is None:
+            # A store made before firepbt_begin existed: a function holds no data, so adding it
+            # changes no format (an older firepbt ignores it).
+            conn.execute(_BEGIN.format(s=s))
 
     @staticmethod
     def _statements(schema: str) -> dict[str, str]:
@@ -494,22 +604,10 @@ class PostgresStore(Store):
         ckpt_cols = columns(CheckpointRecord)
         event_cols = columns(EventRecord)
         return {
-            "lock_xact": "SELECT pg_advisory_xact_lock(%s)",
+            "begin": f"SELECT {s}.firepbt_begin(%s, %s, %s, %s, %s, %s)",  # see _BEGIN
             "marker": f"SELECT token FROM {s}.sessions WHERE session = %s",
-            "set_marker": (f"INSERT INTO {s}.sessions (session, token, time) VALUES (%s, %s, %s) "
-                           "ON CONFLICT (session) DO UPDATE SET token = EXCLUDED.token, "
-                           "time = EXCLUDED.time"),
             "drop_marker": f"DELETE FROM {s}.sessions WHERE session = %s",
-            "counters": f"SELECT name, value FROM {s}.counters",
-            "event_seq": f"SELECT coalesce(max(id), 0) FROM {s}.events",
-            # What a transaction needs at its start, in one statement (after the advisory lock,
-            # in a statement of its own: a statement's snapshot is taken when it starts).
-            "tx_state": (f"SELECT (SELECT json_object_agg(name, value) FROM {s}.counters), "
-                         f"(SELECT coalesce(max(id), 0) FROM {s}.events), "
-                         f"(SELECT coalesce(max(id), 0) FROM {s}.checkpoints), "
-                         f"(SELECT coalesce(max(segment), 0) FROM {s}.metrics), "
-                         "l.pid, l.host, l.since, l.token, l.heartbeat "
-                         f"FROM (SELECT 1) AS one LEFT JOIN {s}.lock AS l ON true"),
+            "tx_state": f"SELECT {_START_STATE.format(s=s)}",
             "insert_checkpoint": (f"INSERT INTO {s}.checkpoints ({', '.join(ckpt_cols)}) "
                                   f"VALUES ({', '.join(['%s'] * len(ckpt_cols))})"),
             "set_counter": (f"INSERT INTO {s}.counters (name, value) VALUES (%s, %s) "
@@ -574,7 +672,7 @@ class PostgresStore(Store):
             try:
                 outcome = _run_op(op, self._connection())
             except psycopg.Error as exc:
-                if _retryable(exc, self._conn):
+                if _retryable(exc, self._conn) or exc.sqlstate == _STALE:
                     self._recover(tx, exc)
                     continue
                 tx.failed = exc
@@ -582,27 +680,29 @@ class PostgresStore(Store):
             tx.log.append((op, outcome))
             return _unwrap(outcome)
 
-    def _begin(self, tx: _Tx) -> None:
-        """Open the transaction on the current connection: one round trip."""
-        conn = self._connection()
-        sql, bind = self._sql, self._bind
-        tx.pending = []
-        ex = self._execute
-        parts = ["BEGIN", bind(ex[sql["lock_xact"]], (self._key,)),
-                 bind(ex[sql["set_marker"]], (self._session, tx.token, time.time())),
-                 ex[sql["tx_state"]]]
-        cur = conn.execute("; ".join(parts))
-        for _ in range(3):  # to the last result: BEGIN, the lock, the marker, the state
-            cur.nextset()
-        row = cur.fetchone()
-        assert row is not None
-        counters, tx.event_seq, tx.max_checkpoint, tx.max_metric_segment, *lock = row
-        tx.counters = {name: int(value) for name, value in (counters or {}).items()}
-        tx.new_checkpoints, tx.new_metrics = set(), set()
-        if tx.fence is not None:
-            # Under the advisory lock: a takeover (a write transaction too) waits for our
-            # COMMIT, so this check holds until then.
-            check_fence(self._lock_of(lock if lock[3] is not None else None), tx.fence)
+    def _begin(self, tx: _Tx, cached: bool = False) -> None:
+        """Open the transaction: queue BEGIN and ``firepbt_begin`` (no round trip).
+
+        Args:
+            cached: start from the state of this store's last commit (a fenced transaction's
+                first attempt); ``firepbt_begin`` then also checks that it is still current.
+        """
+        self._connection()
+        tx.known, tx.new_checkpoints, tx.new_metrics = False, set(), set()
+        last = None
+        if cached and self._end_state is not None:
+            tx.load(self._end_state)
+            last = self._last_token  # the commit that left that state: still the last one?
+        fence = None if tx.fence is None else tx.fence.token
+        tx.pending = ["BEGIN", self._bound(self._sql["begin"], (
+            self._key, fence, last, self._session, tx.token, time.time()))]
+
+    def _state(self, tx: _Tx) -> None:
+        """Make sure ``tx`` knows its start state: read it the first time a call needs it."""
+        if not tx.known:
+            row = self._exec(self._sql["tx_state"]).fetchone()
+            assert row is not None
+            tx.load(row[0])
 
     def _exec(self, sql: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
         """Run a statement whose answer is needed, after the transaction's queued writes."""
@@ -610,7 +710,7 @@ class PostgresStore(Store):
         tx = self._tx
         if tx is None or not tx.pending:
             return conn.execute(sql, params)
-        text = "; ".join([*tx.pending, self._bind(self._execute.get(sql, sql), params)])
+        text = "; ".join([*tx.pending, self._bound(sql, params)])
         tx.pending = []  # a failure aborts the transaction; a replay queues them again
         cur = conn.execute(text)
         while cur.nextset():  # the statement's own result is the last one
@@ -622,7 +722,18 @@ class PostgresStore(Store):
         tx = self._tx
         assert tx is not None  # writes always run in a transaction
         self._connection()
-        tx.pending.append(self._bind(self._execute[sql], params))
+        tx.pending.append(self._bound(sql, params))
+
+    def _bound(self, sql: str, params: Sequence[Any] | None) -> str:
+        """``sql`` with ``params`` bound client-side: the EXECUTE of its prepared statement."""
+        if sql not in self._prepared:  # an ad hoc read (a filtered query)
+            return self._bind(sql, params)
+        if not params:
+            return self._execute[sql]
+        try:
+            return f"EXECUTE {self._prepared[sql]}({', '.join(map(_literal, params))})"
+        except TypeError:  # an array or an unusual type: psycopg's generic adaptation
+            return self._bind(self._execute[sql], params)
 
     def _write_op(self, sql: str, params: Sequence[Any]) -> Op:
         """A store call that only writes: queued, not waited for."""
@@ -634,6 +745,9 @@ class PostgresStore(Store):
 
     def _recover(self, tx: _Tx, exc: BaseException, committing: bool = False) -> bool:
         """Reconnect and rebuild ``tx`` on the new connection; True if its COMMIT got through.
+
+        Also what a fenced transaction does when its start state turned out to be stale
+        (``exc`` has SQLSTATE ``_STALE``): rolled back, it is replayed on the real state.
 
         Raises:
             StoreError: Not reconnected within ``timeout_s``, or a replayed call returned
@@ -664,9 +778,16 @@ class PostgresStore(Store):
                     again = _run_op(op, conn)
                     if not _same(again, outcome):
                         tx.failed = StoreError("replay differed")
+                        why = (
+                            "another connection wrote ids, events, checkpoints or metrics "
+                            "while this fenced transaction ran (the lock holder should be the "
+                            "experiment's only writer) and, replayed on the current state,"
+                            if isinstance(exc, psycopg.Error) and exc.sqlstate == _STALE
+                            else "the connection dropped mid-transaction and, replayed on a "
+                            "new one,"
+                        )
                         raise StoreError(
-                            f"{self.url}: the connection dropped mid-transaction and, replayed "
-                            f"on a new one, a store call returned {again[1]!r} instead of "
+                            f"{self.url}: {why} a store call returned {again[1]!r} instead of "
                             f"{outcome[1]!r}; nothing of this transaction was committed"
                         )
                 return False
@@ -691,6 +812,9 @@ class PostgresStore(Store):
                 tx.pending = []
                 break
             except psycopg.Error as exc:
+                if exc.sqlstate == _STALE:  # refused before the COMMIT: replay, then commit
+                    self._recover(tx, exc)
+                    continue
                 if not _retryable(exc, self._conn):
                     tx.failed = exc
                     raise self._error(exc) from exc
@@ -698,12 +822,15 @@ class PostgresStore(Store):
                 if self._recover(tx, exc, committing=True):
                     break
         self._last_token = tx.token
+        if tx.known:  # else the transaction changed none of it: the last one still holds
+            self._end_state = tx.end_state()
+        self._known_checkpoints.update(i for i in tx.new_checkpoints if isinstance(i, int))
 
     def _rollback(self) -> None:
         """Roll back the open transaction; a connection in doubt is dropped instead."""
         conn = self._conn
-        if conn is None:
-            return
+        if conn is None or conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            return  # nothing reached the server (the opening statements are still queued)
         try:
             conn.execute("ROLLBACK")
         except Exception:
@@ -734,7 +861,9 @@ class PostgresStore(Store):
             self._tx = tx
             try:
                 try:
-                    self._begin(tx)
+                    # Only a fenced transaction trusts the last commit's state: its holder is
+                    # the experiment's only writer. Others read it when they need it.
+                    self._begin(tx, cached=fence is not None)
                 except psycopg.Error as exc:
                     if not _retryable(exc, self._conn):
                         raise self._error(exc) from exc
@@ -742,6 +871,7 @@ class PostgresStore(Store):
                 yield
                 self._commit(tx)
             except BaseException:
+                self._end_state = None  # unknown now: the next transaction reads it
                 self._rollback()
                 raise
             finally:
@@ -811,6 +941,7 @@ class PostgresStore(Store):
         def op(conn: Conn) -> int:
             tx = self._tx
             assert tx is not None  # next_id always runs in a transaction (a write)
+            self._state(tx)
             value = tx.counters.get(counter, 0) + 1
             tx.counters[counter] = value
             self._defer(sql, (counter, value))
@@ -849,6 +980,7 @@ class PostgresStore(Store):
         def op(conn: Conn) -> None:
             tx = self._tx
             assert tx is not None  # a write: always in a transaction
+            self._state(tx)
             if rec.id in tx.new_checkpoints:
                 exists = True
             elif isinstance(rec.id, int) and rec.id > tx.max_checkpoint:
@@ -865,20 +997,35 @@ class PostgresStore(Store):
         self._call(op, write=True)
 
     def checkpoint(self, checkpoint_id: int) -> CheckpointRecord:
-        return self._one("checkpoints", CheckpointRecord, checkpoint_id, "checkpoint")
+        return self._seen(
+            [self._one("checkpoints", CheckpointRecord, checkpoint_id, "checkpoint")])[0]
 
     def checkpoints(
         self, worker: int | None = None, include_deleted: bool = False
     ) -> list[CheckpointRecord]:
-        return self._many("checkpoints", CheckpointRecord, "id", worker=worker,
-                          deleted=None if include_deleted else 0)
+        return self._seen(self._many("checkpoints", CheckpointRecord, "id", worker=worker,
+                                     deleted=None if include_deleted else 0))
+
+    def _seen(self, records: list[CheckpointRecord]) -> list[CheckpointRecord]:
+        """Remember committed checkpoint ids read outside a transaction (see mark_deleted)."""
+        if self._tx is None:  # inside one, a record may be this transaction's own, uncommitted
+            self._known_checkpoints.update(
+                r.id for r in records if not r.deleted and isinstance(r.id, int))
+        return records
 
     def mark_checkpoint_deleted(self, checkpoint_id: int) -> None:
         sql = self._sql["delete_checkpoint"]
 
         def op(conn: Conn) -> None:
-            if not self._exec(sql, (checkpoint_id,)).fetchall():
+            tx = self._tx
+            assert tx is not None  # a write: always in a transaction
+            if checkpoint_id in self._known_checkpoints or checkpoint_id in tx.new_checkpoints:
+                self._defer(sql, (checkpoint_id,))  # known to exist: queued, no round trip
+            elif not self._exec(sql, (checkpoint_id,)).fetchall():
                 raise KeyError(f"unknown checkpoint {checkpoint_id!r}")
+            # Marked now (or, should this transaction roll back, unknown again: a replay or a
+            # second call asks the server).
+            self._known_checkpoints.discard(checkpoint_id)
 
         self._call(op, write=True)
 
@@ -908,6 +1055,7 @@ class PostgresStore(Store):
             # savepoint.
             tx = self._tx
             assert tx is not None  # a write: always in a transaction
+            self._state(tx)
             if all(isinstance(k[1], int) and k[1] > tx.max_metric_segment for k in keys):
                 stored = tx.new_metrics  # known absent unless added by this transaction
             else:
@@ -933,6 +1081,7 @@ class PostgresStore(Store):
         def op(conn: Conn) -> int:
             tx = self._tx
             assert tx is not None  # add_event always runs in a transaction (a write)
+            self._state(tx)
             tx.event_seq += 1
             self._defer(sql, (tx.event_seq, *row))
             return tx.event_seq
@@ -968,6 +1117,31 @@ class PostgresStore(Store):
             for cid, value in rows:
                 out[int(cid)] = None if value is None else float(value)
         return out
+
+
+def _literal(value: Any) -> str:
+    """A scalar parameter as an SQL literal (``TypeError`` for anything else).
+
+    What psycopg's generic ``mogrify`` does for these types, at a third of its cost: a
+    decision binds a dozen statements. Strings rely on ``standard_conforming_strings=on``
+    (set on every connection): only the quote is doubled, a backslash is a plain character.
+    """
+    kind = type(value)
+    if kind is str:
+        if "\x00" in value:
+            raise StoreError(f"text {value[:40]!r} cannot be stored: PostgreSQL text cannot "
+                             "hold NUL (0x00) characters")
+        return "'" + value.replace("'", "''") + "'"
+    if kind is int or kind is float:
+        if kind is float and not math.isfinite(value):
+            return {"nan": "'NaN'", "inf": "'Infinity'", "-inf": "'-Infinity'"}[repr(value)]
+        # A leading space keeps a minus sign from making "--" (a comment) after an operator.
+        return repr(value) if value >= 0 else f" {value!r}"
+    if value is None:
+        return "NULL"
+    if kind is bool:
+        return "true" if value else "false"
+    raise TypeError(f"no literal for {kind.__name__}")
 
 
 def _numbered(sql: str) -> str:

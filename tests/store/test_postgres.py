@@ -24,6 +24,7 @@ from firepbt.errors import (  # noqa: E402
 from firepbt.store import (  # noqa: E402
     FORMAT_VERSION,
     CheckpointRecord,
+    EventRecord,
     LockHolder,
     MetricRow,
     WorkerRecord,
@@ -222,6 +223,84 @@ def test_duplicate_checks_hold_on_both_paths(postgres_url: str) -> None:
         assert [c.id for c in store.checkpoints()] == [3, 10, 12]
         assert [(m.worker, m.segment, m.step) for m in store.metrics()] == [
             (1, 10, 1), (1, 11, 1), (1, 11, 2), (2, 10, 1)]
+
+
+# -- round trips ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def messages(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every message sent to the server from now on (each one round trip)."""
+    sent: list[str] = []
+    execute = psycopg.Connection.execute
+
+    def spy(self: psycopg.Connection, query: object, *args: object, **kw: object) -> object:
+        sent.append(str(query))
+        return execute(self, query, *args, **kw)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", spy)
+    return sent
+
+
+def _decision(store: PostgresStore, holder: LockHolder, n: int) -> None:
+    """What the controller's transaction for one result writes (a Continue decision)."""
+    with store.transaction(fence=holder):
+        seg, ckpt = store.next_id("segment"), store.next_id("checkpoint")
+        store.add_checkpoint(CheckpointRecord(ckpt, 1, n, f"c{ckpt}", "x", {}, None, 0.0))
+        store.add_metrics([MetricRow(1, seg, n, 0.5, 0.0)])
+        store.add_event(EventRecord(0, "exploit", 1, n, 0.0))
+        store.put_worker(_worker(1))
+        store.put_state("tick", n)
+        if ckpt > 2:
+            store.mark_checkpoint_deleted(ckpt - 2)  # committed by this store: known to exist
+
+
+def test_a_fenced_decision_is_one_round_trip(postgres_url: str, messages: list[str]) -> None:
+    me = LockHolder(1, "h", 0.0, "me")
+    with open_store(postgres_url) as store:
+        assert isinstance(store, PostgresStore)
+        store.acquire_lock(me, stale_after_s=30, now=100.0)
+        _decision(store, me, 1)  # the first reads the start state: two
+        messages.clear()
+        for n in range(2, 6):
+            _decision(store, me, n)
+        assert len(messages) == 4 and all(
+            m.startswith("BEGIN") and m.endswith("COMMIT") for m in messages), messages
+        messages.clear()
+        with store.transaction(fence=me):  # a read is a round trip of its own
+            store.next_id("segment")
+            store.checkpoint(5)
+            store.put_state("tick", 6)
+        assert len(messages) == 2 and "firepbt_begin" not in messages[1]
+        messages.clear()
+        store.put_state("status", "running")  # unfenced, no ids: one round trip too
+        assert len(messages) == 1
+        assert [c.id for c in store.checkpoints()] == [4, 5]
+        assert store.next_id("checkpoint") == 6 and len(store.events()) == 5
+
+
+def test_a_fenced_transaction_after_another_writer_is_replayed(
+    postgres_url: str, messages: list[str]
+) -> None:
+    """The start state remembered from the last commit is stale after another connection
+    wrote: the fenced transaction is replayed on the real one, and commits if it returns
+    the same (here the other writer's counter is not one the transaction uses)."""
+    me = LockHolder(1, "h", 0.0, "me")
+    with open_store(postgres_url) as store, open_store(postgres_url) as other:
+        store.acquire_lock(me, stale_after_s=30, now=100.0)
+        _decision(store, me, 1)
+        other.next_id("unrelated")
+        other.add_metrics([MetricRow(2, 0, 0, 1.0, 0.0)])
+        messages.clear()
+        _decision(store, me, 2)
+        assert len(messages) > 1  # refused at the first round trip, then replayed
+        messages.clear()
+        _decision(store, me, 3)
+        assert len(messages) == 1  # what the replay committed is the store's new start
+        with pytest.raises(StoreError, match=r"\(2, 0, 0\) already exists"):
+            store.add_metrics([MetricRow(2, 0, 0, 1.0, 0.0)])
+        assert [c.id for c in store.checkpoints()] == [2, 3]  # 1 marked deleted
+        assert store.next_id("unrelated") == 2 and store.get_state("tick") == 3
 
 
 # -- reconnecting --------------------------------------------------------------------------------
