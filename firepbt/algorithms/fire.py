@@ -12,6 +12,8 @@ parent or child was overwritten, assign free evaluators.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -245,6 +247,13 @@ class FirePBT(Algorithm):
         gp_fit: how the GP smoother fits its kernel: "grid" (default; closed-form marginal
             likelihood over a grid, eigendecompositions memoised per curve length) or
             "sklearn" (scikit-learn's optimiser; see ``curves.GPSmoother``).
+        parent_factor: the perturbation factor of explore inside the parent sub-populations
+            P2..Pn (robustness Decision, docs/design.md); None (default): the same explore as
+            P1 (``pbt.explore``). A parent's hyperparameters are never judged directly (its
+            FIRE fitness measures its weights under the child's hyperparameters), so nothing
+            pulls them towards a better value but explore itself; a wider step (e.g. 2.0: x2
+            or /2) lets a parent sub-population leave a too-low starting plateau within a few
+            exploits. Needs ``pbt.explore.perturbation == "reciprocal"``.
     """
 
     name: ClassVar[str] = "fire"
@@ -262,6 +271,7 @@ class FirePBT(Algorithm):
     gp_refit_growth: float = 1.0
     init: str = "lhs"
     gp_fit: str = "grid"
+    parent_factor: float | None = None
 
     def __post_init__(self) -> None:
         require_init(self.init)
@@ -339,6 +349,19 @@ class FirePBT(Algorithm):
             self.gp_fit in curves.GP_FITS,
             f"gp_fit={self.gp_fit!r}: must be one of {', '.join(curves.GP_FITS)}",
         )
+        if self.parent_factor is not None:
+            require(
+                isinstance(self.parent_factor, int | float)
+                and not isinstance(self.parent_factor, bool)
+                and math.isfinite(self.parent_factor) and self.parent_factor > 1.0,
+                f"parent_factor={self.parent_factor!r}: must be a number > 1 (or None)",
+            )
+            require(
+                self.pbt.explore.perturbation == "reciprocal",
+                f"parent_factor={self.parent_factor!r} with pbt.explore.perturbation="
+                f"{self.pbt.explore.perturbation!r}: the factor applies to the 'reciprocal' "
+                "perturbation only",
+            )
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -409,6 +432,14 @@ class FirePBT(Algorithm):
     def explore_config(self) -> ExploreConfig:
         return self.pbt.explore
 
+    @functools.cached_property
+    def parent_pbt(self) -> PBT:
+        """The exploit/explore settings used inside P2..Pn: ``pbt`` with ``parent_factor``."""
+        if self.parent_factor is None:
+            return self.pbt
+        explore_cfg = dataclasses.replace(self.pbt.explore, factor=float(self.parent_factor))
+        return dataclasses.replace(self.pbt, explore=explore_cfg)
+
     def retire(self, worker: WorkerView, reason: str) -> list[Decision]:
         return [StopEvaluator(worker.id, reason)]
 
@@ -431,7 +462,7 @@ class FirePBT(Algorithm):
             decisions, state = super().replace(snapshot, state, worker, error, rng)
         else:
             _, donor = max(peers, key=lambda vp: (vp[0], -vp[1].id))
-            new_hp, ops = explore(snapshot.space, donor.hparams, rng, self.explore_config())
+            new_hp, ops = explore(snapshot.space, donor.hparams, rng, self.parent_pbt.explore)
             assert donor.checkpoint is not None
             decisions = [Replace(worker, donor.id, donor.checkpoint, new_hp, ops, error)]
         return [SetFitness(worker, None), *decisions], state
@@ -570,7 +601,7 @@ class FirePBT(Algorithm):
                     round_.members.append(Continue(m.id))
                     continue
                 ranked: dict[int, float | None] = dict(fitness)
-                decision = self.pbt.decide_member(snapshot, m, rng, k, fitness=ranked)
+                decision = self.parent_pbt.decide_member(snapshot, m, rng, k, fitness=ranked)
             round_.members.append(decision)
             if isinstance(decision, Exploit):
                 donor = snapshot.workers[decision.donor]

@@ -1,7 +1,8 @@
 """The comparison benches as presets over :func:`firepbt.compare.compare`.
 
-``firepbt bench toys|nqm|fmnist|rl|teacher-student|fire-init|fire-init-deceptive|async-sync
-[--preset quick|full] [--seeds N] [--json]`` runs one :class:`Preset`: a few tables, each one
+``firepbt bench toys|nqm|fmnist|rl|teacher-student|fire-init|fire-init-deceptive|fire-robust|
+async-sync [--preset quick|full] [--seeds N] [--json]`` runs one :class:`Preset`: a few tables,
+each one
 ``compare()`` on one task (its methods, worker budget, run settings, hand-tuned baselines in
 the schedule language of ``firepbt.schedules``), then prints every table. There is no second
 harness: a bench is exactly what ``firepbt compare`` would run with the same settings, and its
@@ -110,6 +111,22 @@ INIT_ROWS = (
     _method("fire-lhs-grid", "fire-lhs-grid", lambda w: FirePBT(population=w)),
     _method("pbt-iid", "pbt-iid", _pbt_init("iid")),
     _method("pbt-lhs", "pbt-lhs", lambda w: PBT(population=w)),
+)
+
+
+def _fire_parent_factor(factor: float) -> Any:
+    return lambda w: FirePBT(population=w, parent_factor=factor)
+
+
+# Robustness Decisions (fire-pbt.md section 12, issue #11), each on its own against FIRE's
+# defaults: a wider explore step inside the parent sub-population P2 (x2 / /2 instead of the
+# default x1.2 / /1.2). PBT rows: the comparison, and the i.i.d. PBT row whose 10th percentile
+# defines "at PBT's level" as in the fire-init bench.
+ROBUST_ROWS = (
+    _method("fire", "FIRE PBT", lambda w: FirePBT(population=w)),
+    _method("fire-parent-x1.5", "fire-parent-x1.5", _fire_parent_factor(1.5)),
+    _method("fire-parent-x2", "fire-parent-x2", _fire_parent_factor(2.0)),
+    PBT_,
 )
 
 
@@ -238,6 +255,11 @@ PRESETS: dict[str, Preset] = {
     "fire-init-deceptive": Preset("fire-init-deceptive", {"quick": 3, "full": 20}, _both(
         Table("deceptive", "deceptive", INIT_ROWS, reference="fire-iid-sklearn"),
     )),
+    "fire-robust": Preset("fire-robust", {"quick": 3, "full": 20}, _both(
+        _nqm((*ROBUST_ROWS, _method("pbt-iid", "pbt-iid", _pbt_init("iid"))), tuned=False),
+        Table("deceptive", "deceptive", ROBUST_ROWS),
+        Table("plain", "plain", ROBUST_ROWS),
+    ), pbt_level="pbt-iid"),
     "async-sync": Preset("async-sync", {"quick": 3, "full": 20}, _both(
         _nqm(ASYNC_ROWS, reference="sync-inprocess", tuned=False),
     )),
