@@ -182,17 +182,21 @@ class GPSmoother:
         that changes no denominator by more than 0.1 %, and it keeps smooth kernels (long
         length scales) at a small rank, so the memo stays small.
         """
-        if li % 2 == 0:  # a coarse-pass length scale: a view into the side-by-side arrays
-            vec_all, lam_all, starts = self._coarse(n)
-            first = int(starts[li // 2])
-            last = int(starts[li // 2 + 1]) if li // 2 + 1 < starts.size else lam_all.size
-            return lam_all[first:last], vec_all[:, first:last]
         key = (n, li)
         got = self._eigs.get(key)
         if got is not None:
             self._eigs.move_to_end(key)
             return got[0], got[1]
-        got = _rbf_eig(n, li)
+        if li % 2 == 0:
+            # A coarse-pass length scale: copied out of the side-by-side arrays (no second
+            # eigendecomposition). A contiguous copy, not a view: matrix products on a strided
+            # view may round differently, and the smoothed values feed Δ's offsets.
+            vec_all, lam_all, starts = self._coarse(n)
+            first = int(starts[li // 2])
+            last = int(starts[li // 2 + 1]) if li // 2 + 1 < starts.size else lam_all.size
+            got = (lam_all[first:last].copy(), np.ascontiguousarray(vec_all[:, first:last]))
+        else:
+            got = _rbf_eig(n, li)
         self._remember(key, got)
         return got
 

@@ -573,3 +573,16 @@ def test_a_failed_parent_restarts_from_the_best_peer_by_fire_fitness() -> None:
     assert isinstance(rep, Replace) and rep.donor == 5
     (p1,) = fire().replace(snap(workers, [1]), None, 1, "boom", np.random.default_rng(0))[0]
     assert isinstance(p1, Replace) and p1.donor == 0  # P1: the best task fitness
+
+
+def test_parent_factor_is_validated_and_round_trips() -> None:
+    fire = FirePBT(population=22, parent_factor=2.0)
+    assert fire.parent_pbt.explore.factor == 2.0 and fire.pbt.explore.factor == 1.2
+    default = FirePBT(population=22)
+    assert default.parent_factor is None and default.parent_pbt is default.pbt
+    assert algorithm_from_config(fire.to_config()) == fire
+    for bad in (1.0, 0.5, float("inf"), True):
+        with pytest.raises(ConfigError, match="parent_factor="):
+            FirePBT(parent_factor=bad)
+    with pytest.raises(ConfigError, match="'reciprocal' perturbation only"):
+        FirePBT(parent_factor=2.0, pbt=PBT(explore=ExploreConfig(perturbation="ray")))

@@ -123,3 +123,16 @@ def test_gp_smoothing_runs_end_to_end() -> None:
     )
     stops = result.events("stop_evaluator")
     assert stops and len(stops) == len(result.events("start_evaluator"))
+
+
+def test_parent_factor_widens_explore_in_p2_only() -> None:
+    """``parent_factor=2``: P2's exploits perturb by x2 or /2, P1's keep pbt's x1.2 / /1.2."""
+    result = fire_run(parent_factor=2.0)
+    p2 = {w.id for w in result.store.workers() if w.role == MEMBER and w.subpop == 2}
+    ops = {True: set(), False: set()}  # in P2 -> the perturbations seen
+    for e in result.events("exploit"):
+        op = e.info["ops"]["h"].removesuffix(" (clipped)")
+        if op != "resample":
+            ops[e.worker in p2].add(op)
+    assert ops[True] and ops[True] <= {"mul 2", "mul 0.5"}
+    assert ops[False] and ops[False] <= {"mul 1.2", "mul 0.8333"}
