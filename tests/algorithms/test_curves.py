@@ -797,23 +797,30 @@ def test_fire_fitness_with_a_pair_memo_equals_the_direct_sum() -> None:
 
 def test_grid_fit_coarse_pass_in_one_product_equals_the_loop_over_length_scales() -> None:
     """The coarse pass scores every other length scale at once (eigendecompositions side by
-    side); it gives the table a loop of ``_lml`` calls gives, and so the same optimum, on
-    every recorded curve and on curves of every length from 2 to 60 points."""
+    side); it gives the table a loop of ``_lml`` calls gives, up to rounding, and the same
+    optimum on every recorded curve; on curves of every length from 2 to 60 points an optimum
+    that differs is a tie at rounding precision (below 1e-6 nats)."""
     import json
 
     data = json.loads(RECORDED.read_text())
     rng = np.random.default_rng(11)
-    ys = [np.array(y) for raw in data.values() for y in raw]
-    ys += [np.log1p(np.arange(n)) + 0.3 * rng.standard_normal(n) for n in range(2, 61)]
+    recorded = [np.array(y) for raw in data.values() for y in raw]
+    made = [np.log1p(np.arange(n)) + 0.3 * rng.standard_normal(n) for n in range(2, 61)]
     g = curves.GPSmoother()
     coarse = curves.GRID_NOISE_LEVELS[:: g.COARSE]
-    for y in ys:
+    for k, y in enumerate(recorded + made):
         yn = (y - y.mean()) / y.std()
         table = g._coarse_lml(yn, coarse)
         loop = np.array([g._lml(yn, li, coarse)
                          for li in range(0, len(curves.GRID_LENGTH_SCALES), 2)])
-        np.testing.assert_allclose(table, loop, rtol=1e-12, atol=1e-9)
-        assert np.argmax(table) == np.argmax(loop)
+        # y's energy outside the kept eigenvectors is divided by the noise level, so its
+        # rounding (about 1e-15 |y|^2) grows at the smallest noise levels.
+        tolerance = 1e-9 + 1e-13 * float(yn @ yn) / coarse
+        assert np.all(np.abs(table - loop) <= tolerance[None, :])
+        if k < len(recorded):
+            assert np.argmax(table) == np.argmax(loop)
+        else:
+            assert loop.flat[np.argmax(loop)] - loop.flat[np.argmax(table)] < 1e-6
         # An odd length scale (fine pass only) is decomposed on its own and memoised.
         lam, vec = g._eig(y.size, 1)
         assert (y.size, 1) in g._eigs and vec.shape == (y.size, lam.size)
