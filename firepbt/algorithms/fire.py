@@ -49,6 +49,7 @@ from firepbt.states import ACTIVE, IDLE
 
 SMOOTHERS = ("gp", "ema")
 FITNESS_SCORES = ("improvement", "time_to_climb")
+TRANSFER_TO = ("child", "worst")
 # Default split of the worker budget (spec section 3): evaluators take ~28 %, the members
 # share the rest evenly (8 + 8 + 6 for 22 workers).
 EVALUATOR_SHARE = 0.28
@@ -179,11 +180,18 @@ class Transfer(Decision):
     checkpoint: int
     p_value: float
     delta: float
+    # transfer_to="worst": the member judged against (``child`` is then the overwritten
+    # member, which also takes the evaluator's hyperparameters).
+    compared: int | None = None
+    hparams: Mapping[str, Any] | None = None
 
     def effects(self) -> Sequence[Effect]:
-        info = {"evaluator": self.worker, "p_value": self.p_value, "delta": self.delta}
+        info: dict[str, Any] = {"evaluator": self.worker, "p_value": self.p_value,
+                                "delta": self.delta}
+        if self.compared is not None:
+            info["compared"] = self.compared
         return (
-            Overwrite(self.child, self.checkpoint, self.parent, "transfer", None, info,
+            Overwrite(self.child, self.checkpoint, self.parent, "transfer", self.hparams, info,
                       curve_from=self.worker),
             *StopEvaluator(self.worker, "success", self.p_value, self.delta).effects(),
         )
@@ -254,6 +262,12 @@ class FirePBT(Algorithm):
             pulls them towards a better value but explore itself; a wider step (e.g. 2.0: x2
             or /2) lets a parent sub-population leave a too-low starting plateau within a few
             exploits. Needs ``pbt.explore.perturbation == "reciprocal"``.
+        transfer_to: which member of P(k-1) a successful evaluator's weights overwrite
+            (robustness Decision, docs/design.md): ``"child"`` (default; the spec's rule) the
+            child it was judged against, which keeps its hyperparameters; ``"worst"`` the
+            member of P(k-1) with the worst fitness (not overwritten in the same round), which
+            takes the evaluator's weights *and* its hyperparameters (the child's, frozen at
+            the start), so that the child, usually P(k-1)'s best, keeps its own weights.
     """
 
     name: ClassVar[str] = "fire"
@@ -272,6 +286,7 @@ class FirePBT(Algorithm):
     init: str = "lhs"
     gp_fit: str = "grid"
     parent_factor: float | None = None
+    transfer_to: str = "child"
 
     def __post_init__(self) -> None:
         require_init(self.init)
@@ -348,6 +363,10 @@ class FirePBT(Algorithm):
         require(
             self.gp_fit in curves.GP_FITS,
             f"gp_fit={self.gp_fit!r}: must be one of {', '.join(curves.GP_FITS)}",
+        )
+        require(
+            self.transfer_to in TRANSFER_TO,
+            f"transfer_to={self.transfer_to!r}: must be one of {', '.join(TRANSFER_TO)}",
         )
         if self.parent_factor is not None:
             require(
@@ -562,15 +581,21 @@ class FirePBT(Algorithm):
             wins.sort(key=lambda ev: (-ev[1].delta, ev[0].id))
             (best, verdict), losers = wins[0], wins[1:]
             assert best.checkpoint is not None and verdict.p_value is not None
+            target = child_id
+            if self.transfer_to == "worst":
+                target = self._worst_member(snapshot, views[child_id].subpop, round_, child_id)
+            moved = target != child_id
             round_.evaluators[best.id] = Transfer(
                 best.id,
                 round_.record(best).parent,
-                child_id,
+                target,
                 best.checkpoint,
                 verdict.p_value,
                 verdict.delta,
+                child_id if moved else None,
+                dict(best.hparams) if moved else None,
             )
-            round_.overwritten[child_id] = (best.checkpoint, best.step)
+            round_.overwritten[target] = (best.checkpoint, best.step)
             for e, lost in losers:
                 round_.evaluators[e.id] = StopEvaluator(
                     e.id, "superseded", lost.p_value, lost.delta
@@ -742,6 +767,19 @@ class FirePBT(Algorithm):
             if best is None or value > best[0]:  # ids ascend, so ties keep the lower id
                 best = (float(value), w.id)
         return None if best is None else best[1]
+
+    def _worst_member(self, snapshot: Snapshot, k: int, round_: _Round, child: int) -> int:
+        """The member of Pk with the worst latest fitness (task fitness in P1, FIRE fitness
+        above), not overwritten in this call; invalid fitness counts as worst, the higher id
+        breaks ties. ``child`` when there is no other candidate."""
+        worst: tuple[float, int] | None = None
+        for w in self._child_candidates(snapshot, k, round_):
+            value = (fitness_of(w, self.pbt.fitness_window) if k == 1
+                     else MemberRecord.of(w).fire_fitness)
+            rank = float(value) if value is not None and math.isfinite(value) else -math.inf
+            if worst is None or rank <= worst[0]:
+                worst = (rank, w.id)
+        return child if worst is None else worst[1]
 
     def _shared_child(
         self, snapshot: Snapshot, k: int, rng: np.random.Generator, round_: _Round

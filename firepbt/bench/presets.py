@@ -119,13 +119,16 @@ def _fire_parent_factor(factor: float) -> Any:
 
 
 # Robustness Decisions (fire-pbt.md section 12, issue #11), each on its own against FIRE's
-# defaults: a wider explore step inside the parent sub-population P2 (x2 / /2 instead of the
-# default x1.2 / /1.2). PBT rows: the comparison, and the i.i.d. PBT row whose 10th percentile
-# defines "at PBT's level" as in the fire-init bench.
+# defaults: a wider explore step inside the parent sub-population P2 (x1.5 or x2 instead of
+# the default x1.2), and transfers onto P1's worst member instead of the child. PBT rows: the
+# comparison, and (NQM) the i.i.d. PBT row whose 10th percentile defines "at PBT's level" as
+# in the fire-init bench.
 ROBUST_ROWS = (
     _method("fire", "FIRE PBT", lambda w: FirePBT(population=w)),
     _method("fire-parent-x1.5", "fire-parent-x1.5", _fire_parent_factor(1.5)),
     _method("fire-parent-x2", "fire-parent-x2", _fire_parent_factor(2.0)),
+    _method("fire-transfer-worst", "fire-transfer-worst",
+            lambda w: FirePBT(population=w, transfer_to="worst")),
     PBT_,
 )
 

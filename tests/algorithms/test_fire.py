@@ -586,3 +586,9 @@ def test_parent_factor_is_validated_and_round_trips() -> None:
             FirePBT(parent_factor=bad)
     with pytest.raises(ConfigError, match="'reciprocal' perturbation only"):
         FirePBT(parent_factor=2.0, pbt=PBT(explore=ExploreConfig(perturbation="ray")))
+
+
+def test_transfer_to_is_validated() -> None:
+    assert FirePBT().transfer_to == "child"
+    with pytest.raises(ConfigError, match="transfer_to='best'"):
+        FirePBT(transfer_to="best")
