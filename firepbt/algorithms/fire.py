@@ -621,7 +621,12 @@ class FirePBT(Algorithm):
             else:
                 if k not in fire:
                     fire[k] = self._fire_fitness(snapshot, k, round_)
-                    round_.fitness += [SetFitness(w, v) for w, v in sorted(fire[k].items())]
+                    # Only values that change: an annotation is a store write, and most
+                    # members' fitness is unchanged between two events.
+                    round_.fitness += [
+                        SetFitness(w, v) for w, v in sorted(fire[k].items())
+                        if MemberRecord.of(snapshot.workers[w]).fire_fitness != v
+                    ]
                 fitness = fire[k]
                 if m.id not in fitness:
                     round_.members.append(Continue(m.id))
@@ -638,6 +643,8 @@ class FirePBT(Algorithm):
             SetFitness(w, None)
             for w in sorted(round_.overwritten)
             if snapshot.workers[w].subpop >= 2
+            and (MemberRecord.of(snapshot.workers[w]).fire_fitness is not None
+                 or any(w in values for values in fire.values()))  # set just above
         ]
 
     def _fire_fitness(self, snapshot: Snapshot, k: int, round_: _Round) -> dict[int, float]:

@@ -369,6 +369,14 @@ def test_members_without_fitness_do_not_exploit() -> None:
     assert Continue(3, 0.0) in out and Continue(4, None) in out
 
 
+def test_an_unchanged_fire_fitness_is_not_written_again() -> None:
+    """Member 3's recorded FIRE fitness is already 1.5: only member 4's value is written."""
+    alg = fire(population=10, subpop_sizes=(3, 4), pbt=PBT(quantile=0.5))
+    workers = p2_with_two_evaluators(w3=member(3, 2, info={"fire_fitness": 1.5}))
+    out = decide(alg, snap(workers, ready=[5]))
+    assert of(out, SetFitness) == [SetFitness(4, -1.5)]
+
+
 # --- assigning evaluators -------------------------------------------------------------------
 
 
