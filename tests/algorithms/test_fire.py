@@ -586,14 +586,17 @@ def test_a_failed_parent_restarts_from_the_best_peer_by_fire_fitness() -> None:
 def test_parent_factor_is_validated_and_round_trips() -> None:
     fire = FirePBT(population=22, parent_factor=2.0)
     assert fire.parent_pbt.explore.factor == 2.0 and fire.pbt.explore.factor == 1.2
-    default = FirePBT(population=22)
-    assert default.parent_factor is None and default.parent_pbt is default.pbt
+    assert FirePBT(population=22) == fire  # the default (robustness Decision)
+    same = FirePBT(population=22, parent_factor=None)
+    assert same.parent_pbt is same.pbt
     assert algorithm_from_config(fire.to_config()) == fire
+    assert algorithm_from_config(same.to_config()) == same
     for bad in (1.0, 0.5, float("inf"), True):
         with pytest.raises(ConfigError, match="parent_factor="):
             FirePBT(parent_factor=bad)
-    with pytest.raises(ConfigError, match="'reciprocal' perturbation only"):
-        FirePBT(parent_factor=2.0, pbt=PBT(explore=ExploreConfig(perturbation="ray")))
+    ray = FirePBT(parent_factor=1.5, pbt=PBT(explore=ExploreConfig(perturbation="ray")))
+    assert ray.parent_pbt.explore.ray_factors == (1.5, 1 / 1.5)
+    assert ray.pbt.explore.ray_factors == (1.2, 0.8)
 
 
 def test_transfer_to_is_validated() -> None:

@@ -126,8 +126,9 @@ def test_gp_smoothing_runs_end_to_end() -> None:
 
 
 def test_parent_factor_widens_explore_in_p2_only() -> None:
-    """``parent_factor=2``: P2's exploits perturb by x2 or /2, P1's keep pbt's x1.2 / /1.2."""
-    result = fire_run(parent_factor=2.0)
+    """``parent_factor=2`` (default): P2's exploits perturb by x2 or /2, P1's keep pbt's
+    x1.2 / /1.2; with ``parent_factor=None`` P2 explores like P1."""
+    result = fire_run()  # parent_factor=2.0 is the default
     p2 = {w.id for w in result.store.workers() if w.role == MEMBER and w.subpop == 2}
     ops = {True: set(), False: set()}  # in P2 -> the perturbations seen
     for e in result.events("exploit"):
@@ -136,6 +137,10 @@ def test_parent_factor_widens_explore_in_p2_only() -> None:
             ops[e.worker in p2].add(op)
     assert ops[True] and ops[True] <= {"mul 2", "mul 0.5"}
     assert ops[False] and ops[False] <= {"mul 1.2", "mul 0.8333"}
+    same = fire_run(parent_factor=None)
+    p2_ops = {e.info["ops"]["h"].removesuffix(" (clipped)") for e in same.events("exploit")
+              if e.worker in p2} - {"resample"}
+    assert p2_ops and p2_ops <= {"mul 1.2", "mul 0.8333"}
 
 
 def test_transfer_to_worst_overwrites_another_member_with_the_evaluators_hparams() -> None:
