@@ -98,6 +98,18 @@ GRID_LENGTH_SCALES = np.logspace(-2.0, 3.0, 61)
 GRID_NOISE_LEVELS = np.logspace(-8.0, 1.0, 91)
 
 
+def _rbf_eig(n: int, li: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues above 1e-11 and their eigenvectors (columns) of the RBF kernel matrix of
+    ``n`` points in ``[0, 1)`` at grid length scale ``li``."""
+    x = np.arange(n, dtype=float) / n
+    with _blas_threads().limit(limits=1):
+        lam, vec = np.linalg.eigh(
+            np.exp(-0.5 * (x[:, None] - x[None, :]) ** 2 / GRID_LENGTH_SCALES[li] ** 2)
+        )
+    keep = lam > 1e-11
+    return lam[keep], np.ascontiguousarray(vec[:, keep])
+
+
 class GPSmoother:
     """Gaussian-process posterior mean of a curve over its point index scaled to ``[0, 1)``.
 
@@ -143,7 +155,9 @@ class GPSmoother:
             raise ConfigError(f"fit={fit!r}: must be one of {', '.join(GP_FITS)}")
         self.fit = fit
         self.eig_cache_mb = eig_cache_mb
-        self._eigs: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        # (n, length-scale index) -> (eigenvalues, eigenvectors); (n, -1) -> the coarse pass's
+        # side-by-side arrays (see _coarse).
+        self._eigs: OrderedDict[tuple[int, int], tuple[np.ndarray, ...]] = OrderedDict()
         self._eig_bytes = 0
         if not (math.isfinite(length_scale) and length_scale > 0):
             raise ConfigError(f"length_scale={length_scale!r}: must be a positive number")
@@ -172,19 +186,18 @@ class GPSmoother:
         got = self._eigs.get(key)
         if got is not None:
             self._eigs.move_to_end(key)
-            return got
-        x = np.arange(n, dtype=float) / n
-        with _blas_threads().limit(limits=1):
-            lam, vec = np.linalg.eigh(
-                np.exp(-0.5 * (x[:, None] - x[None, :]) ** 2 / GRID_LENGTH_SCALES[li] ** 2)
-            )
-        keep = lam > 1e-11
-        got = (lam[keep], np.ascontiguousarray(vec[:, keep]))
-        self._eigs[key] = got
-        self._eig_bytes += got[0].nbytes + got[1].nbytes
-        while self._eig_bytes > self.eig_cache_mb * 2**20 and len(self._eigs) > 1:
-            _, (old_lam, old_vec) = self._eigs.popitem(last=False)
-            self._eig_bytes -= old_lam.nbytes + old_vec.nbytes
+            return got[0], got[1]
+        if li % 2 == 0:
+            # A coarse-pass length scale: copied out of the side-by-side arrays (no second
+            # eigendecomposition). A contiguous copy, not a view: matrix products on a strided
+            # view may round differently, and the smoothed values feed Δ's offsets.
+            vec_all, lam_all, starts = self._coarse(n)
+            first = int(starts[li // 2])
+            last = int(starts[li // 2 + 1]) if li // 2 + 1 < starts.size else lam_all.size
+            got = (lam_all[first:last].copy(), np.ascontiguousarray(vec_all[:, first:last]))
+        else:
+            got = _rbf_eig(n, li)
+        self._remember(key, got)
         return got
 
     def _lml(self, yn: np.ndarray, li: int, noises: np.ndarray) -> np.ndarray:
@@ -198,6 +211,46 @@ class GPSmoother:
         out += max(rest, 0.0) / noises + (yn.size - lam.size) * np.log(noises)
         return -0.5 * out
 
+    def _coarse(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The coarse pass's eigendecompositions for ``n`` points, side by side (memoised).
+
+        ``(vectors, values, starts)``: the kept eigenvectors of every other grid length scale
+        as the columns of one ``n x R`` matrix, their eigenvalues, and the first column of
+        each length scale, so that one matrix product and one ``np.add.reduceat`` give the
+        whole coarse table instead of a Python loop over the length scales.
+        """
+        key = (n, -1)
+        got = self._eigs.get(key)
+        if got is not None:
+            self._eigs.move_to_end(key)
+            return got[0], got[1], got[2]
+        parts = [_rbf_eig(n, li) for li in range(0, len(GRID_LENGTH_SCALES), 2)]
+        starts = np.cumsum([0] + [lam.size for lam, _ in parts[:-1]]).astype(np.intp)
+        lam_all = np.concatenate([lam for lam, _ in parts])
+        vec_all = np.ascontiguousarray(np.hstack([vec for _, vec in parts]))
+        self._remember(key, (vec_all, lam_all, starts))
+        return vec_all, lam_all, starts
+
+    def _remember(self, key: tuple[int, int], arrays: tuple[np.ndarray, ...]) -> None:
+        """Keep ``arrays`` in the memo, dropping the least recently used beyond the bound."""
+        self._eigs[key] = arrays
+        self._eig_bytes += sum(a.nbytes for a in arrays)
+        while self._eig_bytes > self.eig_cache_mb * 2**20 and len(self._eigs) > 1:
+            _, old = self._eigs.popitem(last=False)
+            self._eig_bytes -= sum(a.nbytes for a in old)
+
+    def _coarse_lml(self, yn: np.ndarray, noises: np.ndarray) -> np.ndarray:
+        """:meth:`_lml` for every other grid length scale (rows) at once."""
+        vec_all, lam_all, starts = self._coarse(yn.size)
+        z2 = (yn @ vec_all) ** 2
+        denom = lam_all[:, None] + noises[None, :]
+        terms = np.add.reduceat(z2[:, None] / denom + np.log(denom), starts, axis=0)
+        kept = np.diff(np.append(starts, lam_all.size))
+        rest = np.maximum(float(yn @ yn) - np.add.reduceat(z2, starts), 0.0)
+        terms += rest[:, None] / noises[None, :]
+        terms += (yn.size - kept)[:, None] * np.log(noises)[None, :]
+        return -0.5 * terms
+
     def grid_fit(self, y: np.ndarray) -> tuple[float, float, np.ndarray]:
         """(length scale, noise level, posterior mean) of the closed-form grid fit of ``y``.
 
@@ -210,7 +263,7 @@ class GPSmoother:
         c, n_ls = self.COARSE, len(GRID_LENGTH_SCALES)
         coarse = GRID_NOISE_LEVELS[::c]
         rows = range(0, n_ls, 2)
-        table = np.array([self._lml(yn, li, coarse) for li in rows])
+        table = self._coarse_lml(yn, coarse)
         ri, si = np.unravel_index(int(np.argmax(table)), table.shape)
         li0 = rows[ri]
         fine = GRID_NOISE_LEVELS[max(c * si - c, 0) : c * si + c + 1]
@@ -379,7 +432,14 @@ def valid_points(values: CurveLike) -> np.ndarray:
     Returns:
         A new 1-D float array holding only the finite values.
     """
-    array = values if isinstance(values, np.ndarray) else np.asarray(list(values), dtype=object)
+    if not isinstance(values, np.ndarray):
+        values = list(values)
+        # Fast path: the usual curve is plain floats (a check per point, not a conversion);
+        # anything else (None, bools, strings, nested lists) takes the checked path below.
+        if all(type(v) is float for v in values):
+            floats = np.array(values, dtype=float)
+            return floats[np.isfinite(floats)]
+    array = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=object)
     if array.ndim != 1:
         raise ValueError(f"a curve must be 1-D, got shape {array.shape}")
     if array.dtype.kind in "fiu":

@@ -12,6 +12,8 @@ parent or child was overwritten, assign free evaluators.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -47,6 +49,7 @@ from firepbt.states import ACTIVE, IDLE
 
 SMOOTHERS = ("gp", "ema")
 FITNESS_SCORES = ("improvement", "time_to_climb")
+TRANSFER_TO = ("child", "worst")
 # Default split of the worker budget (spec section 3): evaluators take ~28 %, the members
 # share the rest evenly (8 + 8 + 6 for 22 workers).
 EVALUATOR_SHARE = 0.28
@@ -177,11 +180,18 @@ class Transfer(Decision):
     checkpoint: int
     p_value: float
     delta: float
+    # transfer_to="worst": the member judged against (``child`` is then the overwritten
+    # member, which also takes the evaluator's hyperparameters).
+    compared: int | None = None
+    hparams: Mapping[str, Any] | None = None
 
     def effects(self) -> Sequence[Effect]:
-        info = {"evaluator": self.worker, "p_value": self.p_value, "delta": self.delta}
+        info: dict[str, Any] = {"evaluator": self.worker, "p_value": self.p_value,
+                                "delta": self.delta}
+        if self.compared is not None:
+            info["compared"] = self.compared
         return (
-            Overwrite(self.child, self.checkpoint, self.parent, "transfer", None, info,
+            Overwrite(self.child, self.checkpoint, self.parent, "transfer", self.hparams, info,
                       curve_from=self.worker),
             *StopEvaluator(self.worker, "success", self.p_value, self.delta).effects(),
         )
@@ -245,6 +255,21 @@ class FirePBT(Algorithm):
         gp_fit: how the GP smoother fits its kernel: "grid" (default; closed-form marginal
             likelihood over a grid, eigendecompositions memoised per curve length) or
             "sklearn" (scikit-learn's optimiser; see ``curves.GPSmoother``).
+        parent_factor: the perturbation factor of explore inside the parent sub-populations
+            P2..Pn (robustness Decision, docs/design.md): 2.0 (default) perturbs by x2 or /2
+            there (with ``pbt.explore.perturbation == "ray"``: ``ray_factors`` become
+            ``(f, 1 / f)``); None: the same explore as P1 (``pbt.explore``, x1.2 or /1.2). A
+            parent's hyperparameters are never judged directly (its FIRE fitness measures its
+            weights under the child's hyperparameters), so nothing pulls them towards a better
+            value but explore itself; a wider step lets a parent sub-population leave a
+            too-low starting plateau within a few exploits (NQM mean loss 0.0116 -> 0.0098 over
+            20 seeds, toys unchanged; docs/results.md, "Issue #11: robustness Decisions").
+        transfer_to: which member of P(k-1) a successful evaluator's weights overwrite
+            (robustness Decision, docs/design.md): ``"child"`` (default; the spec's rule) the
+            child it was judged against, which keeps its hyperparameters; ``"worst"`` the
+            member of P(k-1) with the worst fitness (not overwritten in the same round), which
+            takes the evaluator's weights *and* its hyperparameters (the child's, frozen at
+            the start), so that the child, usually P(k-1)'s best, keeps its own weights.
     """
 
     name: ClassVar[str] = "fire"
@@ -262,6 +287,8 @@ class FirePBT(Algorithm):
     gp_refit_growth: float = 1.0
     init: str = "lhs"
     gp_fit: str = "grid"
+    parent_factor: float | None = 2.0
+    transfer_to: str = "child"
 
     def __post_init__(self) -> None:
         require_init(self.init)
@@ -339,6 +366,17 @@ class FirePBT(Algorithm):
             self.gp_fit in curves.GP_FITS,
             f"gp_fit={self.gp_fit!r}: must be one of {', '.join(curves.GP_FITS)}",
         )
+        require(
+            self.transfer_to in TRANSFER_TO,
+            f"transfer_to={self.transfer_to!r}: must be one of {', '.join(TRANSFER_TO)}",
+        )
+        if self.parent_factor is not None:
+            require(
+                isinstance(self.parent_factor, int | float)
+                and not isinstance(self.parent_factor, bool)
+                and math.isfinite(self.parent_factor) and self.parent_factor > 1.0,
+                f"parent_factor={self.parent_factor!r}: must be a number > 1 (or None)",
+            )
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -409,6 +447,15 @@ class FirePBT(Algorithm):
     def explore_config(self) -> ExploreConfig:
         return self.pbt.explore
 
+    @functools.cached_property
+    def parent_pbt(self) -> PBT:
+        """The exploit/explore settings used inside P2..Pn: ``pbt`` with ``parent_factor``."""
+        if self.parent_factor is None:
+            return self.pbt
+        f = float(self.parent_factor)
+        explore_cfg = dataclasses.replace(self.pbt.explore, factor=f, ray_factors=(f, 1.0 / f))
+        return dataclasses.replace(self.pbt, explore=explore_cfg)
+
     def retire(self, worker: WorkerView, reason: str) -> list[Decision]:
         return [StopEvaluator(worker.id, reason)]
 
@@ -431,7 +478,7 @@ class FirePBT(Algorithm):
             decisions, state = super().replace(snapshot, state, worker, error, rng)
         else:
             _, donor = max(peers, key=lambda vp: (vp[0], -vp[1].id))
-            new_hp, ops = explore(snapshot.space, donor.hparams, rng, self.explore_config())
+            new_hp, ops = explore(snapshot.space, donor.hparams, rng, self.parent_pbt.explore)
             assert donor.checkpoint is not None
             decisions = [Replace(worker, donor.id, donor.checkpoint, new_hp, ops, error)]
         return [SetFitness(worker, None), *decisions], state
@@ -471,7 +518,8 @@ class FirePBT(Algorithm):
             state = self.init_state(self.topology(), rng)
         views = snapshot.workers
         ready = [views[i] for i in snapshot.ready]
-        round_ = _Round(state)
+        round_ = _Round(state, all_evaluators=sorted(
+            (w for w in views.values() if w.role == EVALUATOR), key=lambda w: w.id))
         self._judge(
             snapshot, [w for w in ready if w.role == EVALUATOR and w.status == ACTIVE], round_
         )
@@ -497,7 +545,7 @@ class FirePBT(Algorithm):
         max_steps = self.max_eval_steps(snapshot.interval)
         successes: dict[int, list[tuple[WorkerView, curves.Judgement]]] = {}
         for e in ready:
-            rec = EvaluatorRecord.of(e)
+            rec = round_.record(e)
             parent, child = views[rec.parent], views[rec.child]
             if _overwritten_since_start(rec, parent, child):
                 round_.evaluators[e.id] = StopEvaluator(e.id, "overwritten")
@@ -530,15 +578,21 @@ class FirePBT(Algorithm):
             wins.sort(key=lambda ev: (-ev[1].delta, ev[0].id))
             (best, verdict), losers = wins[0], wins[1:]
             assert best.checkpoint is not None and verdict.p_value is not None
+            target = child_id
+            if self.transfer_to == "worst":
+                target = self._worst_member(snapshot, views[child_id].subpop, round_, child_id)
+            moved = target != child_id
             round_.evaluators[best.id] = Transfer(
                 best.id,
-                EvaluatorRecord.of(best).parent,
-                child_id,
+                round_.record(best).parent,
+                target,
                 best.checkpoint,
                 verdict.p_value,
                 verdict.delta,
+                child_id if moved else None,
+                dict(best.hparams) if moved else None,
             )
-            round_.overwritten[child_id] = (best.checkpoint, best.step)
+            round_.overwritten[target] = (best.checkpoint, best.step)
             for e, lost in losers:
                 round_.evaluators[e.id] = StopEvaluator(
                     e.id, "superseded", lost.p_value, lost.delta
@@ -564,13 +618,18 @@ class FirePBT(Algorithm):
             else:
                 if k not in fire:
                     fire[k] = self._fire_fitness(snapshot, k, round_)
-                    round_.fitness += [SetFitness(w, v) for w, v in sorted(fire[k].items())]
+                    # Only values that change: an annotation is a store write, and most
+                    # members' fitness is unchanged between two events.
+                    round_.fitness += [
+                        SetFitness(w, v) for w, v in sorted(fire[k].items())
+                        if MemberRecord.of(snapshot.workers[w]).fire_fitness != v
+                    ]
                 fitness = fire[k]
                 if m.id not in fitness:
                     round_.members.append(Continue(m.id))
                     continue
                 ranked: dict[int, float | None] = dict(fitness)
-                decision = self.pbt.decide_member(snapshot, m, rng, k, fitness=ranked)
+                decision = self.parent_pbt.decide_member(snapshot, m, rng, k, fitness=ranked)
             round_.members.append(decision)
             if isinstance(decision, Exploit):
                 donor = snapshot.workers[decision.donor]
@@ -581,16 +640,18 @@ class FirePBT(Algorithm):
             SetFitness(w, None)
             for w in sorted(round_.overwritten)
             if snapshot.workers[w].subpop >= 2
+            and (MemberRecord.of(snapshot.workers[w]).fire_fitness is not None
+                 or any(w in values for values in fire.values()))  # set just above
         ]
 
     def _fire_fitness(self, snapshot: Snapshot, k: int, round_: _Round) -> dict[int, float]:
         """FIRE fitness of the members of Pk whose evaluator's curve still describes them."""
         views = snapshot.workers
         evaluated: dict[int, tuple[float | None, ...]] = {}
-        for e in snapshot.subpop(k, role=EVALUATOR):
-            if e.status != ACTIVE:
+        for e in round_.all_evaluators:
+            if e.subpop != k or e.status != ACTIVE:
                 continue
-            rec = EvaluatorRecord.of(e)
+            rec = round_.record(e)
             parent = views[rec.parent]
             if parent.overwrites != rec.parent_overwrites or parent.id in round_.overwritten:
                 continue
@@ -604,13 +665,13 @@ class FirePBT(Algorithm):
     def _fence(self, snapshot: Snapshot, round_: _Round) -> None:
         """Stop 3 for every active evaluator whose parent or child lost its weights."""
         views = snapshot.workers
-        for e in sorted(views.values(), key=lambda w: w.id):
-            if e.role != EVALUATOR or e.status != ACTIVE:
+        for e in round_.all_evaluators:
+            if e.status != ACTIVE:
                 continue
             current = round_.evaluators.get(e.id)
             if current is not None and not isinstance(current, Continue):
                 continue
-            rec = EvaluatorRecord.of(e)
+            rec = round_.record(e)
             parent, child = views[rec.parent], views[rec.child]
             if (
                 _overwritten_since_start(rec, parent, child)
@@ -631,10 +692,9 @@ class FirePBT(Algorithm):
             return []
         views = snapshot.workers
         busy = {
-            EvaluatorRecord.of(e).parent
-            for e in views.values()
-            if e.role == EVALUATOR
-            and e.status == ACTIVE
+            round_.record(e).parent
+            for e in round_.all_evaluators
+            if e.status == ACTIVE
             and isinstance(round_.evaluators.get(e.id, Continue(e.id)), Continue)
         }
         warmup = self.warmup_steps(snapshot.interval)
@@ -658,12 +718,15 @@ class FirePBT(Algorithm):
         )
         starts: list[Decision] = []
         shared: dict[int, int] = {}  # level k -> the child chosen without any fitness
+        best: dict[int, int | None] = {}  # level k -> the best child (nothing below changes it)
         pool = list(free)
         for parent in parents:
             if not pool:
                 break
             k = parent.subpop
-            child = self._best_child(snapshot, k - 1, round_)
+            if k not in best:
+                best[k] = self._best_child(snapshot, k - 1, round_)
+            child = best[k]
             random_child = False
             if child is None:
                 if k not in shared:
@@ -709,6 +772,19 @@ class FirePBT(Algorithm):
                 best = (float(value), w.id)
         return None if best is None else best[1]
 
+    def _worst_member(self, snapshot: Snapshot, k: int, round_: _Round, child: int) -> int:
+        """The member of Pk with the worst latest fitness (task fitness in P1, FIRE fitness
+        above), not overwritten in this call; invalid fitness counts as worst, the higher id
+        breaks ties. ``child`` when there is no other candidate."""
+        worst: tuple[float, int] | None = None
+        for w in self._child_candidates(snapshot, k, round_):
+            value = (fitness_of(w, self.pbt.fitness_window) if k == 1
+                     else MemberRecord.of(w).fire_fitness)
+            rank = float(value) if value is not None and math.isfinite(value) else -math.inf
+            if worst is None or rank <= worst[0]:
+                worst = (rank, w.id)
+        return child if worst is None else worst[1]
+
     def _shared_child(
         self, snapshot: Snapshot, k: int, rng: np.random.Generator, round_: _Round
     ) -> int:
@@ -717,10 +793,10 @@ class FirePBT(Algorithm):
         ids = {w.id for w in candidates}
         # Reuse the random child of a running level-k evaluator so that all curves stay
         # comparable; an evaluator whose child was the best by fitness is no such child.
-        for e in snapshot.subpop(k, role=EVALUATOR):
-            if e.status != ACTIVE:
+        for e in round_.all_evaluators:
+            if e.subpop != k or e.status != ACTIVE:
                 continue
-            rec = EvaluatorRecord.of(e)
+            rec = round_.record(e)
             if rec.random_child and rec.child in ids:
                 return rec.child
         if not candidates:
@@ -744,6 +820,18 @@ class _Round:
     # member -> (checkpoint, its step): where its weights come from after this call (exploit
     # or transfer)
     overwritten: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Every evaluator in id order and the records parsed from their annotations: the snapshot
+    # does not change during one call, and each step below would otherwise scan all workers
+    # and parse every record again (a third of FIRE's own time at 100 workers).
+    all_evaluators: list[WorkerView] = field(default_factory=list)
+    records: dict[int, EvaluatorRecord] = field(default_factory=dict)
+
+    def record(self, e: WorkerView) -> EvaluatorRecord:
+        """``EvaluatorRecord.of(e)``, parsed once per call."""
+        rec = self.records.get(e.id)
+        if rec is None:
+            rec = self.records[e.id] = EvaluatorRecord.of(e)
+        return rec
 
 
 def _overwritten_since_start(

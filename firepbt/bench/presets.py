@@ -1,7 +1,8 @@
 """The comparison benches as presets over :func:`firepbt.compare.compare`.
 
-``firepbt bench toys|nqm|fmnist|rl|teacher-student|fire-init|fire-init-deceptive|async-sync
-[--preset quick|full] [--seeds N] [--json]`` runs one :class:`Preset`: a few tables, each one
+``firepbt bench toys|nqm|fmnist|rl|teacher-student|fire-init|fire-init-deceptive|fire-robust|
+async-sync [--preset quick|full] [--seeds N] [--json]`` runs one :class:`Preset`: a few tables,
+each one
 ``compare()`` on one task (its methods, worker budget, run settings, hand-tuned baselines in
 the schedule language of ``firepbt.schedules``), then prints every table. There is no second
 harness: a bench is exactly what ``firepbt compare`` would run with the same settings, and its
@@ -94,7 +95,8 @@ ASYNC_ROWS = (
 
 
 def _fire_init(init: str, gp_fit: str) -> Any:
-    return lambda w: FirePBT(population=w, init=init, gp_fit=gp_fit)
+    # parent_factor=None: the explore of the time, so that the table in results.md reproduces.
+    return lambda w: FirePBT(population=w, init=init, gp_fit=gp_fit, parent_factor=None)
 
 
 def _pbt_init(init: str) -> Any:
@@ -107,9 +109,27 @@ INIT_ROWS = (
     _method("fire-iid-sklearn", "fire-iid-sklearn", _fire_init("iid", "sklearn")),
     _method("fire-lhs-sklearn", "fire-lhs-sklearn", _fire_init("lhs", "sklearn")),
     _method("fire-iid-grid", "fire-iid-grid", _fire_init("iid", "grid")),
-    _method("fire-lhs-grid", "fire-lhs-grid", lambda w: FirePBT(population=w)),
+    _method("fire-lhs-grid", "fire-lhs-grid", _fire_init("lhs", "grid")),
     _method("pbt-iid", "pbt-iid", _pbt_init("iid")),
     _method("pbt-lhs", "pbt-lhs", lambda w: PBT(population=w)),
+)
+
+
+def _fire_parent_factor(factor: float | None, transfer_to: str = "child") -> Any:
+    return lambda w: FirePBT(population=w, parent_factor=factor, transfer_to=transfer_to)
+
+
+# Robustness Decisions (fire-pbt.md section 12, issue #11), each on its own against FIRE as it
+# was before them (P2 explores like P1, x1.2): a wider explore step inside the parent
+# sub-population P2 (x1.5, or x2: the default since), and transfers onto P1's worst member
+# instead of the child. PBT rows: the comparison, and (NQM) the i.i.d. PBT row whose 10th
+# percentile defines "at PBT's level" as in the fire-init bench.
+ROBUST_ROWS = (
+    _method("fire", "FIRE PBT", _fire_parent_factor(None)),
+    _method("fire-parent-x1.5", "fire-parent-x1.5", _fire_parent_factor(1.5)),
+    _method("fire-parent-x2", "fire-parent-x2", _fire_parent_factor(2.0)),
+    _method("fire-transfer-worst", "fire-transfer-worst", _fire_parent_factor(None, "worst")),
+    PBT_,
 )
 
 
@@ -238,6 +258,11 @@ PRESETS: dict[str, Preset] = {
     "fire-init-deceptive": Preset("fire-init-deceptive", {"quick": 3, "full": 20}, _both(
         Table("deceptive", "deceptive", INIT_ROWS, reference="fire-iid-sklearn"),
     )),
+    "fire-robust": Preset("fire-robust", {"quick": 3, "full": 20}, _both(
+        _nqm((*ROBUST_ROWS, _method("pbt-iid", "pbt-iid", _pbt_init("iid"))), tuned=False),
+        Table("deceptive", "deceptive", ROBUST_ROWS),
+        Table("plain", "plain", ROBUST_ROWS),
+    ), pbt_level="pbt-iid"),
     "async-sync": Preset("async-sync", {"quick": 3, "full": 20}, _both(
         _nqm(ASYNC_ROWS, reference="sync-inprocess", tuned=False),
     )),

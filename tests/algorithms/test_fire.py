@@ -369,6 +369,14 @@ def test_members_without_fitness_do_not_exploit() -> None:
     assert Continue(3, 0.0) in out and Continue(4, None) in out
 
 
+def test_an_unchanged_fire_fitness_is_not_written_again() -> None:
+    """Member 3's recorded FIRE fitness is already 1.5: only member 4's value is written."""
+    alg = fire(population=10, subpop_sizes=(3, 4), pbt=PBT(quantile=0.5))
+    workers = p2_with_two_evaluators(w3=member(3, 2, info={"fire_fitness": 1.5}))
+    out = decide(alg, snap(workers, ready=[5]))
+    assert of(out, SetFitness) == [SetFitness(4, -1.5)]
+
+
 # --- assigning evaluators -------------------------------------------------------------------
 
 
@@ -573,3 +581,25 @@ def test_a_failed_parent_restarts_from_the_best_peer_by_fire_fitness() -> None:
     assert isinstance(rep, Replace) and rep.donor == 5
     (p1,) = fire().replace(snap(workers, [1]), None, 1, "boom", np.random.default_rng(0))[0]
     assert isinstance(p1, Replace) and p1.donor == 0  # P1: the best task fitness
+
+
+def test_parent_factor_is_validated_and_round_trips() -> None:
+    fire = FirePBT(population=22, parent_factor=2.0)
+    assert fire.parent_pbt.explore.factor == 2.0 and fire.pbt.explore.factor == 1.2
+    assert FirePBT(population=22) == fire  # the default (robustness Decision)
+    same = FirePBT(population=22, parent_factor=None)
+    assert same.parent_pbt is same.pbt
+    assert algorithm_from_config(fire.to_config()) == fire
+    assert algorithm_from_config(same.to_config()) == same
+    for bad in (1.0, 0.5, float("inf"), True):
+        with pytest.raises(ConfigError, match="parent_factor="):
+            FirePBT(parent_factor=bad)
+    ray = FirePBT(parent_factor=1.5, pbt=PBT(explore=ExploreConfig(perturbation="ray")))
+    assert ray.parent_pbt.explore.ray_factors == (1.5, 1 / 1.5)
+    assert ray.pbt.explore.ray_factors == (1.2, 0.8)
+
+
+def test_transfer_to_is_validated() -> None:
+    assert FirePBT().transfer_to == "child"
+    with pytest.raises(ConfigError, match="transfer_to='best'"):
+        FirePBT(transfer_to="best")

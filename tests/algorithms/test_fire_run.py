@@ -123,3 +123,45 @@ def test_gp_smoothing_runs_end_to_end() -> None:
     )
     stops = result.events("stop_evaluator")
     assert stops and len(stops) == len(result.events("start_evaluator"))
+
+
+def test_parent_factor_widens_explore_in_p2_only() -> None:
+    """``parent_factor=2`` (default): P2's exploits perturb by x2 or /2, P1's keep pbt's
+    x1.2 / /1.2; with ``parent_factor=None`` P2 explores like P1."""
+    result = fire_run()  # parent_factor=2.0 is the default
+    p2 = {w.id for w in result.store.workers() if w.role == MEMBER and w.subpop == 2}
+    ops = {True: set(), False: set()}  # in P2 -> the perturbations seen
+    for e in result.events("exploit"):
+        op = e.info["ops"]["h"].removesuffix(" (clipped)")
+        if op != "resample":
+            ops[e.worker in p2].add(op)
+    assert ops[True] and ops[True] <= {"mul 2", "mul 0.5"}
+    assert ops[False] and ops[False] <= {"mul 1.2", "mul 0.8333"}
+    same = fire_run(parent_factor=None)
+    p2_ops = {e.info["ops"]["h"].removesuffix(" (clipped)") for e in same.events("exploit")
+              if e.worker in p2} - {"resample"}
+    assert p2_ops and p2_ops <= {"mul 1.2", "mul 0.8333"}
+
+
+def test_transfer_to_worst_overwrites_another_member_with_the_evaluators_hparams() -> None:
+    """``transfer_to="worst"``: a transfer lands on P1's worst member, not necessarily on the
+    child it was judged against, and that member takes the evaluator's (frozen child's)
+    hyperparameters along with its weights."""
+    result = fire_run(transfer_to="worst")
+    p1 = {w.id for w in result.store.workers() if w.role == MEMBER and w.subpop == 1}
+    evaluator_hparams: dict[int, Any] = {}
+    moved = 0
+    for e in result.events():
+        if e.kind == "start_evaluator":
+            evaluator_hparams[e.worker] = e.new_hparams
+        elif e.kind == "transfer":
+            assert e.worker in p1
+            if "compared" in e.info:
+                moved += 1
+                assert e.info["compared"] in p1 and e.info["compared"] != e.worker
+                assert e.new_hparams == evaluator_hparams[e.info["evaluator"]]
+            else:
+                assert e.new_hparams == e.old_hparams  # it was the worst itself: keeps its own
+    assert moved >= 1
+    default = fire_run()
+    assert all("compared" not in e.info for e in default.events("transfer"))

@@ -12,6 +12,7 @@ from firepbt.bench.decision_cost import decision_cost
 def test_decision_cost_counts_handled_results() -> None:
     row = decision_cost(PBT(population=4), intervals=2, repeats=1)
     assert row["results"] >= 4 * 2 and row["us_per_result"] > 0
+    assert row["cpu_us_per_result"] > 0
 
 
 def test_repeats_cannot_share_the_smoothing_cache() -> None:
