@@ -30,7 +30,7 @@ from firepbt.engine.lease import Lease, sigterm_as_interrupt
 from firepbt.engine.lease import holder_is_dead as _holder_is_dead  # noqa: F401 - for the CLI
 from firepbt.engine.retention import Retention
 from firepbt.engine.settings import RunConfig, differences, validate_run
-from firepbt.errors import RunFailed
+from firepbt.errors import LockLost, RunFailed
 from firepbt.executors.base import Executor
 from firepbt.faults import crash_point
 from firepbt.space import Space
@@ -153,6 +153,8 @@ class Controller:
             # `firepbt status` that someone stopped the run on purpose.
             self.store.put_state("status", "stopped")
             raise
+        except LockLost:
+            raise  # the status is the new holder's to write now
         except Exception as exc:
             # The store stays resumable, but must not keep saying "running" (a deliberate stop,
             # such as a full disk, has set its own status already).

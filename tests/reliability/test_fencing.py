@@ -93,3 +93,30 @@ def test_a_controller_paused_past_its_lock_expiry_commits_nothing(tmp_path: Path
     store.close()
     resume(str(path), executor="inprocess", workers=2)
     assert_invariants(path)
+
+
+def test_a_controller_that_lost_its_lock_leaves_the_new_holders_status_alone(
+        tmp_path: Path) -> None:
+    # A stops with LockLost while B (here: a holder from another host) runs the experiment: A
+    # must not write "crashed" and its traceback over the status B keeps.
+    from firepbt import PBT, run
+    from firepbt.errors import LockLost
+    from firepbt.store.base import LockHolder
+
+    def take_over(ctl: Controller) -> None:
+        if ctl.store.get_state("tick") == 5 and ctl.store.lock_holder()[0].host != "b-host":
+            b = LockHolder(pid=1, host="b-host", since=time.time(), token="b")
+            ctl.store.acquire_lock(b, stale_after_s=1e-3, now=time.time() + 3600)
+
+    path = tmp_path / "run.db"
+    try:
+        run("quadratic", algorithm=PBT(population=4), steps=40, interval=4, store=str(path),
+            executor="inprocess", workers=2, seed=11, on_event=take_over)
+    except LockLost:
+        pass
+    else:
+        raise AssertionError("A kept committing after B took the lock")
+    store = open_store(str(path), create=False)
+    assert store.lock_holder()[0].host == "b-host"
+    assert store.get_state("status") == "running"
+    assert store.get_state("error") is None
