@@ -1,8 +1,8 @@
 """Benchmarks that print their figures (``firepbt bench NAME [--json]``).
 
 The comparisons (toys, nqm, fmnist, rl, teacher-student, fire-init, fire-init-deceptive,
-fire-robust, async-sync) are presets over :func:`firepbt.compare.compare` (``firepbt.bench.presets``); the
-others measure the engine itself.
+fire-robust, async-sync) are presets over :func:`firepbt.compare.compare`
+(``firepbt.bench.presets``); the others measure the engine itself.
 """
 
 from __future__ import annotations
