@@ -47,3 +47,14 @@ def test_tiny_rl_bench_tunes_the_peak_and_follows_the_decay(tmp_path: Path) -> N
     peak = rows["linear"]["peak"]
     assert [p[0] for p in pieces] == list(range(14))
     assert [p[2]["lr"] for p in pieces] == pytest.approx([peak * (1 - s / 14) for s in range(14)])
+
+
+def test_lunar_lander_table_is_the_same_comparison_on_lunarlander() -> None:
+    from firepbt.tasks.rl import LunarLanderA2C
+
+    table = presets._lunar_lander()
+    assert (table.key, table.task) == ("lunarlander", "lunarlander")
+    assert [m.name for m in table.methods] == ["fire", "pbt", "pb2", "random"]
+    for peak in table.settings["peaks"]:
+        assert parse_schedule(_at(table.baselines["linear"], peak),
+                              LunarLanderA2C.SPACE).values(0.0)["lr"] == peak
