@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from firepbt.algorithms import PBT, Algorithm, RandomSearch
 from firepbt.algorithms.fire import FirePBT
 from firepbt.algorithms.pb2 import PB2
-from firepbt.compare import Method, compare
+from firepbt.compare import Method, better_p, compare
 from firepbt.errors import ConfigError
 from firepbt.space import LogUniform, Space
 from firepbt.tasks.toys import DeceptiveToy, PlainToy
@@ -392,6 +392,10 @@ def figures_of(table: Table, summary: dict[str, Any], pbt_level: str | None = No
         "worker_steps_per_run": plan["workers"] * plan["steps"], "reference": ref_key,
         "rows": rows, "p_reference_better": p_ref, "p_better_than_reference": p_rev,
     }
+    if table.auc:  # the area under the curve is judged like the final value, both ways
+        ref_auc = rows[ref_key]["auc"]
+        out["auc_p"] = {k: (_auc_p(ref_auc, r["auc"], higher), _auc_p(r["auc"], ref_auc, higher))
+                        for k, r in rows.items() if k != ref_key}
     fire = next((m for m in table.methods if m.name == table.reference), None)
     alg: Algorithm | None = fire.algorithm(plan["workers"]) if fire is not None else None
     if isinstance(alg, FirePBT) and "evaluator_steps" in ref:
@@ -444,12 +448,17 @@ def format_table(t: dict[str, Any]) -> str:
     for k, r in t["rows"].items():
         if "auc" in r:
             aucs = [a for a in r["auc"] if a is not None]
-            lines.append(f"  {k:<{width}} area under the answer's curve: "
-                         f"{statistics.fmean(aucs):.4g}" if aucs else "-")
+            spread = (f"{statistics.fmean(aucs):.4g} (std {statistics.stdev(aucs):.3g}, median "
+                      f"{statistics.median(aucs):.4g})" if len(aucs) > 1 else
+                      f"{aucs[0]:.4g}" if aucs else "-")
+            lines.append(f"  {k:<{width}} area under the answer's curve: {spread}")
     ref = t["reference"]
     for k, p in t["p_reference_better"].items():
         q = t["p_better_than_reference"][k]
         lines.append(f"  one-sided Mann-Whitney p({ref} better than {k}) = {_p(p)}; "
+                     f"p({k} better than {ref}) = {_p(q)}")
+    for k, (p, q) in t.get("auc_p", {}).items():
+        lines.append(f"  area under the curve: p({ref} better than {k}) = {_p(p)}; "
                      f"p({k} better than {ref}) = {_p(q)}")
     if "fire" in t:
         f = t["fire"]
@@ -464,6 +473,14 @@ def format_table(t: dict[str, Any]) -> str:
                      f"percentile of {level['row']}'s losses): "
                      + ", ".join(f"{k} {c}/{len(t['seeds'])}" for k, c in level["counts"].items()))
     return "\n".join(lines)
+
+
+def _auc_p(a: list[float | None], b: list[float | None], higher: bool) -> float | None:
+    """One-sided Mann-Whitney p of "``a``'s areas are better than ``b``'s" (None under 2 runs
+    each)."""
+    x = [v for v in a if v is not None]
+    y = [v for v in b if v is not None]
+    return better_p(x, y, higher) if len(x) > 1 and len(y) > 1 else None
 
 
 def _p(p: float | None) -> str:
