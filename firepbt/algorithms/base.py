@@ -93,10 +93,17 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class FitnessTable:
-    """Ids (ascending) and fitness values (NaN = invalid) of one sub-population."""
+    """Ids (ascending) and fitness values (NaN = invalid) of one sub-population.
+
+    ``steps`` and ``points`` (optional, aligned with ``ids``): each member's step and number of
+    curve points, kept by the controller so that ranking at a common step
+    (:func:`firepbt.algorithms.pbt.equal_step_table`) reads arrays instead of every view.
+    """
 
     ids: np.ndarray
     values: np.ndarray
+    steps: np.ndarray | None = None
+    points: np.ndarray | None = None
 
     @staticmethod
     def build(ids: Sequence[int], fitness: Sequence[float | None]) -> FitnessTable:

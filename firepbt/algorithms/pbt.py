@@ -278,15 +278,18 @@ def equal_step_table(
     rounds: no work, no change).
     """
     views = snapshot.workers
-    ranked = [views[int(i)] for i in table.ids]
+    steps, points = table.steps, table.points
+    if steps is None or points is None:  # a table built without them
+        ranked = [views[int(i)] for i in table.ids]
+        steps = np.array([w.step for w in ranked], dtype=np.int64)
+        points = np.array([len(w.curve) for w in ranked], dtype=np.int64)
     # A member whose weights were just overwritten has no point yet: it has no value at any
     # step, so it takes no part (ranked invalid, it would fill the bottom places).
-    pending = [not w.curve and w.id != member.id for w in ranked]
-    if any(pending):
-        keep = ~np.array(pending)
-        table = FitnessTable(table.ids[keep], table.values[keep])
-        ranked = [w for w, p in zip(ranked, pending, strict=True) if not p]
-    steps = np.array([w.step for w in ranked], dtype=np.int64)
+    pending = (points == 0) & (table.ids != member.id)
+    if pending.any():
+        keep = ~pending
+        steps, points = steps[keep], points[keep]
+        table = FitnessTable(table.ids[keep], table.values[keep], steps, points)
     valid = ~np.isnan(table.values)
     s = member.step
     if not valid.any() or bool((steps[valid] == s).all()):
@@ -298,7 +301,7 @@ def equal_step_table(
         return table
     values = table.values.copy()
     for j in np.flatnonzero(near & (steps != t)):
-        w = ranked[j]
+        w = views[int(table.ids[j])]
         if window == 1:  # inline fitness_at: the newest point at or before t
             back = -(-(w.step - t) // e) if t < w.step else 0
             v = w.curve[max(len(w.curve) - back, 1) - 1]
@@ -306,7 +309,7 @@ def equal_step_table(
         else:
             f = fitness_at(w, t, e, window)
             values[j] = np.nan if f is None else f
-    return FitnessTable(table.ids, values)
+    return FitnessTable(table.ids, values, steps, points)
 
 
 def _can_donate(snapshot: Snapshot, worker: int) -> bool:

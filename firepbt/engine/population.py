@@ -46,8 +46,10 @@ class Population:
         self.open_members = sum(1 for w in self.workers.values()
                                 if w.role == MEMBER and w.status not in (DONE, FAILED))
         self.evaluators = sorted(w.id for w in self.workers.values() if w.role == EVALUATOR)
-        # Sub-population -> (id -> row, ids ascending, fitness or NaN); members only.
-        self._tables: dict[int, tuple[dict[int, int], np.ndarray, np.ndarray]] = {}
+        # Sub-population -> (id -> row, ids ascending, fitness or NaN, step, curve points);
+        # members only.
+        self._tables: dict[int, tuple[dict[int, int], np.ndarray, np.ndarray, np.ndarray,
+                                      np.ndarray]] = {}
         by_k: dict[int, list[int]] = {}
         for w in self.workers.values():
             if w.role == MEMBER:
@@ -55,7 +57,9 @@ class Population:
         for k, ids in by_k.items():
             ids.sort()
             index = {wid: i for i, wid in enumerate(ids)}
-            self._tables[k] = (index, np.asarray(ids, dtype=np.int64), np.full(len(ids), np.nan))
+            n = len(ids)
+            self._tables[k] = (index, np.asarray(ids, dtype=np.int64), np.full(n, np.nan),
+                               np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64))
             for wid in ids:
                 self._update_table(wid)
         self._warned_invalid: set[int] = set()
@@ -171,16 +175,24 @@ class Population:
         w = self.workers[wid]
         if w.role != MEMBER or w.subpop not in self._tables:
             return
-        index, _, vals = self._tables[w.subpop]
+        index, _, vals, steps, points = self._tables[w.subpop]
         f = self.views[wid].last_metric() if w.status in (ACTIVE, DONE) else None
-        vals[index[wid]] = np.nan if f is None else f
+        i = index[wid]
+        vals[i] = np.nan if f is None else f
+        steps[i] = w.step
+        points[i] = len(self.curves[wid])
 
     def _snapshot_tables(self) -> dict[int, FitnessTable]:
         # A failed member keeps its slot with NaN fitness: it ranks last and is never a donor.
         # Read-only views, not copies: the algorithm sees them only during decide().
         out = {}
-        for k, (_, ids, vals) in self._tables.items():
-            view = vals.view()
-            view.flags.writeable = False
-            out[k] = FitnessTable(ids, view)
+        for k, (_, ids, *arrays) in self._tables.items():
+            vals, steps, points = (_read_only(a) for a in arrays)
+            out[k] = FitnessTable(ids, vals, steps, points)
         return out
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view

@@ -30,6 +30,8 @@ def test_views_and_tables_follow_every_change() -> None:
     assert pop.views[1].last_metric() == 0.2  # the newest valid point
     table = pop.snapshot((0,), 0, SPACE, 10, 100).tables[1]  # type: ignore[index]
     assert list(table.ids) == [0, 1] and list(table.values) == [0.3, 0.2]
+    # Steps and curve lengths too, for ranking at a common step without reading every view.
+    assert list(table.steps) == [10, 10] and list(table.points) == [2, 2]  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         table.values[0] = 1.0  # read-only: the algorithm cannot change the controller's table
     pop.update(1, status="failed")
@@ -45,7 +47,9 @@ def test_an_overwrite_bumps_the_version_and_starts_a_fresh_curve() -> None:
     w = pop.workers[2]
     assert (w.checkpoint, w.step, w.hparams, w.overwrites) == (7, 20, {"lr": 0.2}, 1)
     assert pop.curves[2] == [] and pop.views[2].curve == () and pop.views[2].overwrites == 1
-    assert np.isnan(pop.snapshot((), 0, SPACE, 10, 100).tables[2].values[0])  # type: ignore
+    table = pop.snapshot((), 0, SPACE, 10, 100).tables[2]  # type: ignore[index]
+    assert np.isnan(table.values[0])
+    assert (table.steps[0], table.points[0]) == (20, 0)  # type: ignore[index]
 
 
 def test_open_members_are_counted_without_a_pass_over_the_population() -> None:
