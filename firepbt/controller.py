@@ -297,7 +297,7 @@ class Controller:
 
     def _snapshot(self, ready: tuple[int, ...]) -> Snapshot:
         return self.population.snapshot(ready, self.tick, self.space, self.config.interval,
-                                        self.config.steps)
+                                        self.config.steps, self.config.eval_every or 1)
 
     def _decide(self, ready: list[int]) -> None:
         pop = self.population

@@ -73,6 +73,8 @@ class Snapshot:
     # Optional per-sub-population fitness tables the controller keeps up to date incrementally,
     # so that ranking a large population costs a few vectorised operations, not a Python loop.
     tables: Mapping[int, FitnessTable] | None = None
+    # Steps between curve points, when the controller knows it (else read from the curves).
+    eval_every: int | None = None
 
     def table(self, k: int) -> FitnessTable:
         """Latest task fitness of the active members of sub-population ``k``."""

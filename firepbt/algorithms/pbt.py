@@ -218,7 +218,8 @@ class PBT(Algorithm):
 
 
 def infer_eval_every(snapshot: Snapshot, hint: WorkerView | None = None) -> int | None:
-    """Steps between curve points, read from the snapshot (None: no curve to read it from).
+    """Steps between curve points: the snapshot's ``eval_every``, else read from the curves
+    (None: no curve to read it from).
 
     A curve holds the points since the worker's weights were last overwritten, so
     ``(step - base) / len(curve)`` is the spacing, where ``base`` is the step of that overwrite:
@@ -227,6 +228,8 @@ def infer_eval_every(snapshot: Snapshot, hint: WorkerView | None = None) -> int 
     as soon as one member was never overwritten or one evaluator has points. A ``hint`` member
     never overwritten (``overwrites == 0``) gives the exact spacing at once.
     """
+    if snapshot.eval_every is not None:  # the controller's setting: no pass over the workers
+        return snapshot.eval_every
     if hint is not None and hint.overwrites == 0 and hint.curve and hint.step > 0:
         return max(1, round(hint.step / len(hint.curve)))
     best: float | None = None

@@ -129,11 +129,11 @@ class Population:
         return [e for e in self.evaluators if self.workers[e].status == ACTIVE]
 
     def snapshot(self, ready: tuple[int, ...], tick: int, space: Space, interval: int,
-                 total_steps: int) -> Snapshot:
+                 total_steps: int, eval_every: int | None = None) -> Snapshot:
         """What the algorithm sees: read-only views and tables, valid during its call only."""
         return Snapshot(workers=MappingProxyType(self.views), ready=ready, tick=tick,
                         space=space, interval=interval, total_steps=total_steps,
-                        tables=self._snapshot_tables())
+                        tables=self._snapshot_tables(), eval_every=eval_every)
 
     def warn_if_no_valid_fitness(self, snapshot: Snapshot) -> None:
         """NaN-like fitness never donates, so nobody can exploit: say why, once per run and
