@@ -424,9 +424,10 @@ class PostgresStore(Store):
     def _connect(self) -> Conn:
         """One connection attempt (bounded by the connect timeout); psycopg errors pass."""
         # standard_conforming_strings (the default since PostgreSQL 9.1, set in case a server
-        # or role turned it off): _literal relies on backslashes being plain characters.
+        # or role turned it off): _literal relies on backslashes being plain characters; and
+        # UTF-8, where no byte of a multi-byte character can be a quote (as in SJIS or GBK).
         options = (f"-c lock_timeout={int(self._timeout_s * 1000)} "
-                   "-c standard_conforming_strings=on")
+                   "-c standard_conforming_strings=on -c client_encoding=UTF8")
         if not self._parsed.synchronous_commit:
             options += " -c synchronous_commit=off"
         conn: Conn = psycopg.connect(
