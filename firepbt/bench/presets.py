@@ -196,7 +196,7 @@ def _fmnist(workers: int, steps: int, interval: int, eval_every: int,
             peaks: tuple[float, ...]) -> Table:
     """Fashion-MNIST MLP, only ``lr`` tuned; fitness on 1,000 validation images, the reported
     value the answer's accuracy on the 10,000 test images, measured once at the end."""
-    return Table("fmnist", "fmnist", (FIRE, PBT_, RANDOM),
+    return Table("fmnist", "fmnist", (FIRE, PBT_, PB2_, RANDOM),
                  {"step": STEP_DECAY, "cosine": COSINE,
                   "schedule-free": schedule_free(steps // 20)},
                  {"space": FMNIST_SPACE, "steps": steps, "interval": interval,
@@ -214,6 +214,13 @@ A2C_LINEAR = "lr=linear({peak}, 0); entropy_cost=constant(0.01)"
 A2C_PEAKS = (1.25e-3, 2.5e-3, 5e-3, 1e-2)
 
 
+def a2c_schedule_free(warmup_steps: int) -> str:
+    """Schedule-Free AdamW at a constant lr (tuned on the same peaks as the linear decay)
+    after a linear warm-up, at the same fixed entropy cost: A2C without a schedule."""
+    return (f"lr=constant({{peak}}); optimizer=schedulefree-adam; warmup_steps={warmup_steps}; "
+            "entropy_cost=constant(0.01)")
+
+
 def _rl(workers: int, steps: int, interval: int, eval_every: int,
         peaks: tuple[float, ...] = A2C_PEAKS, tuning: tuple[int, ...] = TUNING_SEEDS,
         key: str = "rl", task: str = "acrobot") -> Table:
@@ -221,7 +228,8 @@ def _rl(workers: int, steps: int, interval: int, eval_every: int,
     episodes. The area under the answer's curve is printed too. The tuned schedule
     (:data:`A2C_LINEAR`) follows its lr step by step; its peak is tuned on ``peaks`` over the
     ``tuning`` seeds."""
-    return Table(key, task, (FIRE, PBT_, PB2_, RANDOM), {"linear": A2C_LINEAR},
+    return Table(key, task, (FIRE, PBT_, PB2_, RANDOM),
+                 {"linear": A2C_LINEAR, "schedule-free": a2c_schedule_free(steps // 20)},
                  {"steps": steps, "interval": interval, "eval_every": eval_every,
                   "peaks": peaks, "tuning_seeds": tuning, "schedule_every": 1},
                  value="final return", workers=workers, auc=True)
@@ -230,8 +238,8 @@ def _rl(workers: int, steps: int, interval: int, eval_every: int,
 def _lunar_lander(workers: int = 12, steps: int = 1500, interval: int = 50,
                   eval_every: int = 5) -> Table:
     """The same table on LunarLander-v3 (Box2D). Not in a preset: at about 66 ms per update
-    (5x Acrobot's) 10 seeds x 5 rows of W = 12 x 1,500 updates is ~13 CPU-hours, beyond this
-    machine. Run it with ``presets.main("rl", "full", tables=(presets._lunar_lander(),))``.
+    (5x Acrobot's) 10 seeds x 4 population rows of W = 12 x 1,500 updates is ~13 CPU-hours,
+    beyond this machine. Run it with ``presets.main("rl", "full", tables=(presets._lunar_lander(),))``.
     Its peak grid is lower than Acrobot's: a constant lr of 1e-3 learns LunarLander."""
     return _rl(workers, steps, interval, eval_every, peaks=(5e-4, 1e-3, 2e-3, 4e-3),
                key="lunarlander", task="lunarlander")
@@ -244,7 +252,7 @@ def _teacher_student(steps: int, eval_every: int, peaks: tuple[float, ...],
     batched task agrees with the single one up to float rounding). Reported: FVU (lower)."""
     batched = "firepbt.tasks.batched_teacher_student:BatchedTeacherStudent"
     rows = tuple(Method(m.name, m.algorithm, m.label, task=batched, executor="batched",
-                        processes=POPULATION) for m in (FIRE, PBT_, RANDOM))
+                        processes=POPULATION) for m in (FIRE, PBT_, PB2_, RANDOM))
     return Table("teacher-student", "teacher-student", rows,
                  {"step": STEP_DECAY, "cosine": COSINE,
                   "schedule-free": schedule_free(steps // 20)},
@@ -272,7 +280,7 @@ PRESETS: dict[str, Preset] = {
         "quick": (_rl(8, 60, 20, 2, (2e-3, 4e-3), (10_000,)),),
         "full": (_rl(12, 300, 30, 3),),
     }),
-    "teacher-student": Preset("teacher-student", {"quick": 2, "full": 5}, {
+    "teacher-student": Preset("teacher-student", {"quick": 2, "full": 10}, {
         "quick": (_teacher_student(1000, 25, (0.01, 0.03, 0.1), (10_000,)),),
         "full": (_teacher_student(4000, 25, tuple(0.01 * 2 ** (k / 2) for k in range(6)),
                                   (10_000, 10_001)),),

@@ -8,7 +8,9 @@ steps, so the first reward signal depends on exploration (the entropy cost matte
 One firepbt step is one synchronous rollout of :data:`ROLLOUT_STEPS` steps in each of
 :data:`NUM_ENVS` environments (a ``gymnasium.vector.SyncVectorEnv``) followed by one
 actor-critic update with GAE advantages. Tuned: ``lr`` (Adam) and ``entropy_cost``; ``gamma``
-and ``gae_lambda`` are constants of ``SPACE``.
+and ``gae_lambda`` are constants of ``SPACE``. The constant ``optimizer=schedulefree-adam``
+(with ``warmup_steps``) trains with Schedule-Free AdamW instead, the baseline without a
+schedule; its rollouts use the training weights, as A2C's returns come from training.
 
 Checkpoints hold the model, the optimiser, torch's RNG and the action-sampling generator, the
 recent-returns buffer and the step counter. Environments cannot be checkpointed, so ``load``
@@ -37,6 +39,7 @@ from torch import nn
 from firepbt.errors import ConfigError
 from firepbt.integrations.torch import TorchTrainable, single_thread
 from firepbt.space import LogUniform, Space
+from firepbt.tasks.optimizers import make_optimizer
 
 NUM_ENVS = 8
 ROLLOUT_STEPS = 16
@@ -53,6 +56,8 @@ _A2C_SPACE = Space(
     entropy_cost=LogUniform(1e-4, 1e-1),
     gamma=0.99,
     gae_lambda=0.95,
+    optimizer="adam",  # or "schedulefree-adam", the baseline without a schedule
+    warmup_steps=0,  # Schedule-Free's linear warm-up
 )
 
 
@@ -176,7 +181,7 @@ class VectorA2C(TorchTrainable):
             torch.manual_seed(derived_seed(seed, 0))
             model = ActorCritic(int(obs_space.shape[0]), int(act_space.n))
         self.generator = torch.Generator().manual_seed(derived_seed(seed, 1))
-        optimizer = torch.optim.Adam(model.parameters(), lr=float(hparams["lr"]), eps=ADAM_EPS)
+        optimizer = make_optimizer(model, hparams, default="adam", eps=ADAM_EPS)
         self.recent = deque(maxlen=RECENT_EPISODES)
         self.episodes = 0
         self._reset_envs(seed, step=0)

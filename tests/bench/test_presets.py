@@ -138,7 +138,8 @@ def test_fmnist_reports_the_answers_test_accuracy(tmp_path: Path) -> None:
     except (OSError, ConfigError):
         pytest.skip("Fashion-MNIST files are not installed")
     table = bench("fmnist", presets._fmnist(5, 14, 7, 1, (0.05,)), tmp_path, seeds=1)
-    assert list(table["rows"]) == ["fire", "pbt", "random", "step", "cosine", "schedule-free"]
+    assert list(table["rows"]) == ["fire", "pbt", "pb2", "random", "step", "cosine",
+                                   "schedule-free"]
     names = {"baseline:0": "step", "baseline:1": "cosine", "baseline:2": "schedule-free"}
     for key, m in table["compare"]["methods"].items():
         test = table["rows"][names.get(key, key)]

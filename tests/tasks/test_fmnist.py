@@ -211,5 +211,6 @@ def test_schedule_free_trains_evaluates_at_averaged_weights_and_round_trips(
 
 
 def test_an_unknown_optimizer_is_named() -> None:
-    with pytest.raises(ConfigError, match="optimizer='adam': must be one of sgd, schedulefree"):
-        make_optimizer(torch.nn.Linear(2, 2), {"lr": 0.1, "optimizer": "adam"})
+    with pytest.raises(ConfigError, match="optimizer='lion': must be one of sgd, adam, "
+                                          "schedulefree, schedulefree-adam"):
+        make_optimizer(torch.nn.Linear(2, 2), {"lr": 0.1, "optimizer": "lion"})

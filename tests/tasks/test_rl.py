@@ -17,7 +17,8 @@ from firepbt.tasks.rl import AcrobotA2C, LunarLanderA2C  # noqa: E402
 
 torch.set_num_threads(1)
 
-GOOD = {"lr": 3e-3, "entropy_cost": 1e-2, "gamma": 0.99, "gae_lambda": 0.95}
+GOOD = {"lr": 3e-3, "entropy_cost": 1e-2, "gamma": 0.99, "gae_lambda": 0.95, "optimizer": "adam",
+        "warmup_steps": 0}
 
 
 def make(seed: int = 0, **changes: Any) -> AcrobotA2C:
@@ -37,7 +38,8 @@ def assert_same_weights(a: AcrobotA2C, b: AcrobotA2C) -> None:
 
 def test_space_and_defaults() -> None:
     assert AcrobotA2C.SPACE.keys() == ["entropy_cost", "lr"]
-    assert AcrobotA2C.SPACE.constants() == {"gae_lambda": 0.95, "gamma": 0.99}
+    assert AcrobotA2C.SPACE.constants() == {"gae_lambda": 0.95, "gamma": 0.99,
+                                            "optimizer": "adam", "warmup_steps": 0}
     AcrobotA2C.SPACE.validate(GOOD)
     assert set(AcrobotA2C.DEFAULTS) == {"steps", "interval", "eval_every"}
     sample = AcrobotA2C.SPACE.sample(np.random.default_rng(0))
@@ -144,6 +146,29 @@ def test_set_hparams_changes_lr_in_place() -> None:
     assert t.optimizer is optimiser
     assert all(g["lr"] == 1e-4 for g in optimiser.param_groups)
     assert t.hparams["entropy_cost"] == 0.05
+
+
+def test_schedule_free_adamw_trains_warms_up_and_round_trips(tmp_path: Path) -> None:
+    pytest.importorskip("schedulefree")
+    hp = {"optimizer": "schedulefree-adam", "warmup_steps": 4}
+    a = make(seed=3, **hp)
+    assert type(a.optimizer).__name__ == "AdamWScheduleFree"
+    assert a.optimizer.param_groups[0]["warmup_steps"] == 4
+    before = weights(a)
+    a.train(3)
+    assert any(not torch.equal(p, q) for p, q in zip(before, weights(a), strict=True))
+    a.save(tmp_path)
+    # Envs restart at a load, so two loads (not the original) continue identically.
+    b, c = make(seed=3, **hp), make(seed=3, **hp)
+    b.load(tmp_path)
+    c.load(tmp_path)
+    assert_same_weights(a, b)
+    b.train(2)
+    c.train(2)
+    assert_same_weights(b, c)
+    # The explored lr reaches the Schedule-Free optimiser like Adam's.
+    b.set_hparams({**GOOD, **hp, "lr": 1e-4})
+    assert b.optimizer.param_groups[0]["lr"] == 1e-4
 
 
 @pytest.mark.parametrize(

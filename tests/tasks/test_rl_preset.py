@@ -21,7 +21,8 @@ def test_full_preset_has_every_row_the_issue_asks_for() -> None:
     assert preset.seeds["full"] == 10
     (table,) = preset.tables["full"]
     assert [m.name for m in table.methods] == ["fire", "pbt", "pb2", "random"]
-    assert table.baselines == {"linear": presets.A2C_LINEAR} and table.auc
+    assert table.baselines == {"linear": presets.A2C_LINEAR,
+                               "schedule-free": presets.a2c_schedule_free(15)} and table.auc
     # Every peak of the grid is a learning rate the population methods can draw too.
     lr = AcrobotA2C.SPACE.to_json()["params"]["lr"]
     assert all(lr["low"] <= p <= lr["high"] for p in table.settings["peaks"])
@@ -38,7 +39,8 @@ def test_tiny_rl_bench_tunes_the_peak_and_follows_the_decay(tmp_path: Path) -> N
     table = presets._rl(5, 14, 7, 1, peaks=(2e-3, 4e-3), tuning=(10_000,))
     result = presets.main("rl", seeds=1, out=tmp_path, tables=(table,))
     rows = result["tables"]["rl"]["rows"]
-    assert set(rows) == {"fire", "pbt", "pb2", "random", "linear"}
+    assert set(rows) == {"fire", "pbt", "pb2", "random", "linear", "schedule-free"}
+    assert rows["schedule-free"]["peak"] in (2e-3, 4e-3)
     assert rows["linear"]["peak"] in (2e-3, 4e-3)
     assert all(-500.0 <= r["values"][0] <= 0.0 for r in rows.values())
     summary = json.loads((Path(result["tables"]["rl"]["folder"]) / "compare.json").read_text())
