@@ -239,8 +239,9 @@ def _lunar_lander(workers: int = 12, steps: int = 1500, interval: int = 50,
                   eval_every: int = 5) -> Table:
     """The same table on LunarLander-v3 (Box2D). Not in a preset: at about 66 ms per update
     (5x Acrobot's) 10 seeds x 4 population rows of W = 12 x 1,500 updates is ~13 CPU-hours,
-    beyond this machine. Run it with ``presets.main("rl", "full", tables=(presets._lunar_lander(),))``.
-    Its peak grid is lower than Acrobot's: a constant lr of 1e-3 learns LunarLander."""
+    beyond this machine. Run it with
+    ``presets.main("rl", "full", tables=(presets._lunar_lander(),))``. Its peak grid is lower
+    than Acrobot's: a constant lr of 1e-3 learns LunarLander."""
     return _rl(workers, steps, interval, eval_every, peaks=(5e-4, 1e-3, 2e-3, 4e-3),
                key="lunarlander", task="lunarlander")
 
