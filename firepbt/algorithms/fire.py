@@ -50,6 +50,7 @@ from firepbt.states import ACTIVE, IDLE
 SMOOTHERS = ("gp", "ema")
 FITNESS_SCORES = ("improvement", "time_to_climb")
 TRANSFER_TO = ("child", "worst")
+PARENT_ORDERS = ("least_recent", "fittest")
 # Default split of the worker budget (spec section 3): evaluators take ~28 %, the members
 # share the rest evenly (8 + 8 + 6 for 22 workers).
 EVALUATOR_SHARE = 0.28
@@ -270,6 +271,11 @@ class FirePBT(Algorithm):
             member of P(k-1) with the worst fitness (not overwritten in the same round), which
             takes the evaluator's weights *and* its hyperparameters (the child's, frozen at
             the start), so that the child, usually P(k-1)'s best, keeps its own weights.
+        parent_order: how free evaluators pick among parents evaluated equally recently
+            (robustness Decision, docs/design.md; the spec's rule, least recently evaluated
+            first, always comes first): ``"least_recent"`` (default) the lower id;
+            ``"fittest"`` the parent with the better task fitness. It matters early on, when
+            no parent has been evaluated and every one ties.
     """
 
     name: ClassVar[str] = "fire"
@@ -289,6 +295,7 @@ class FirePBT(Algorithm):
     gp_fit: str = "grid"
     parent_factor: float | None = 2.0
     transfer_to: str = "child"
+    parent_order: str = "least_recent"
 
     def __post_init__(self) -> None:
         require_init(self.init)
@@ -369,6 +376,10 @@ class FirePBT(Algorithm):
         require(
             self.transfer_to in TRANSFER_TO,
             f"transfer_to={self.transfer_to!r}: must be one of {', '.join(TRANSFER_TO)}",
+        )
+        require(
+            self.parent_order in PARENT_ORDERS,
+            f"parent_order={self.parent_order!r}: must be one of {', '.join(PARENT_ORDERS)}",
         )
         if self.parent_factor is not None:
             require(
@@ -709,10 +720,17 @@ class FirePBT(Algorithm):
             and w.step >= warmup
             and w.step < snapshot.total_steps
         ]
+        def fitter_first(w: WorkerView) -> float:
+            if self.parent_order == "least_recent":
+                return 0.0
+            value = fitness_of(w, self.pbt.fitness_window)
+            return -value if value is not None and math.isfinite(value) else math.inf
+
         parents.sort(
             key=lambda w: (
                 w.id in round_.overwritten,  # just overwritten goes last
                 MemberRecord.of(w).last_evaluated,
+                fitter_first(w),
                 w.id,
             )
         )

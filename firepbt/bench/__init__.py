@@ -1,7 +1,7 @@
 """Benchmarks that print their figures (``firepbt bench NAME [--json]``).
 
 The comparisons (toys, nqm, fmnist, rl, teacher-student, fire-init, fire-init-deceptive,
-fire-robust, async-sync) are presets over :func:`firepbt.compare.compare`
+fire-robust, fire-evaluators, async-sync) are presets over :func:`firepbt.compare.compare`
 (``firepbt.bench.presets``); the others measure the engine itself.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from firepbt.errors import ConfigError
 
 _PRESETS = ("toys", "nqm", "fmnist", "rl", "teacher-student", "fire-init",
-            "fire-init-deceptive", "fire-robust", "async-sync")
+            "fire-init-deceptive", "fire-robust", "fire-evaluators", "async-sync")
 BENCHES = {
     "overhead": "firepbt.bench.overhead",
     "controller": "firepbt.bench.controller",

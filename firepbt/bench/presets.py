@@ -133,6 +133,24 @@ ROBUST_ROWS = (
 )
 
 
+def _fire_evaluators(share: float) -> Any:
+    return lambda w: FirePBT(population=w, evaluators=max(1, round(share * w)))
+
+
+# The two robustness Decisions measured second (issue #11), each against the default FIRE: the
+# evaluators' share of the workers (default round(0.28 W): 6 of 22; here 3 and 9, the members
+# sharing the rest), and how free evaluators pick among parents none of which has been
+# evaluated yet (default: the lower id; "fittest": the better task fitness first).
+EVALUATOR_ROWS = (
+    FIRE,
+    _method("fire-evaluators-0.14", "fire-evaluators-0.14", _fire_evaluators(0.14)),
+    _method("fire-evaluators-0.41", "fire-evaluators-0.41", _fire_evaluators(0.41)),
+    _method("fire-parents-fittest", "fire-parents-fittest",
+            lambda w: FirePBT(population=w, parent_order="fittest")),
+    PBT_,
+)
+
+
 @dataclass(frozen=True)
 class Table:
     """One ``compare()`` of a bench, and how its table prints.
@@ -296,6 +314,11 @@ PRESETS: dict[str, Preset] = {
         _nqm((*ROBUST_ROWS, _method("pbt-iid", "pbt-iid", _pbt_init("iid"))), tuned=False),
         Table("deceptive", "deceptive", ROBUST_ROWS),
         Table("plain", "plain", ROBUST_ROWS),
+    ), pbt_level="pbt-iid"),
+    "fire-evaluators": Preset("fire-evaluators", {"quick": 3, "full": 20}, _both(
+        _nqm((*EVALUATOR_ROWS, _method("pbt-iid", "pbt-iid", _pbt_init("iid"))), tuned=False),
+        Table("deceptive", "deceptive", EVALUATOR_ROWS),
+        Table("plain", "plain", EVALUATOR_ROWS),
     ), pbt_level="pbt-iid"),
     "async-sync": Preset("async-sync", {"quick": 3, "full": 20}, _both(
         _nqm(ASYNC_ROWS, reference="sync-inprocess", tuned=False),

@@ -392,6 +392,34 @@ def test_least_recently_evaluated_parent_first() -> None:
     assert all(s.parent_checkpoint == 100 + s.parent for s in starts)
 
 
+@pytest.mark.parametrize(("order", "parents"), [("least_recent", [3, 4]), ("fittest", [5, 3])])
+def test_parent_order_breaks_ties_among_equally_recent_parents(
+        order: str, parents: list[int]) -> None:
+    # 3, 4 and 5 were never evaluated; 5 has the best task fitness, 4 none (ranks last).
+    workers = base_population(
+        w3=member(3, 2, (0.0, 1.0)),
+        w4=member(4, 2, (float("nan"),)),
+        w5=member(5, 2, (0.0, 2.0)),
+    )
+    starts = of(decide(fire(parent_order=order), snap(workers, ready=[6, 7])), StartEvaluator)
+    assert [s.parent for s in starts] == parents
+
+
+def test_parent_order_never_overrides_least_recently_evaluated() -> None:
+    workers = base_population(
+        w3=member(3, 2, (0.0, 1.0)),
+        w4=member(4, 2, (0.0, 0.5)),
+        w5=member(5, 2, (0.0, 2.0), info={"last_evaluated": 2}),
+    )
+    starts = of(decide(fire(parent_order="fittest"), snap(workers, ready=[6, 7])),
+                StartEvaluator)
+    assert [s.parent for s in starts] == [3, 4]
+    with pytest.raises(ConfigError, match="parent_order='best'"):
+        FirePBT(parent_order="best")
+    assert algorithm_from_config(fire(parent_order="fittest").to_config()).parent_order == (
+        "fittest")
+
+
 def test_parents_under_evaluation_or_in_warmup_are_skipped() -> None:
     workers = base_population(
         w3=member(3, 2, step=INTERVAL - 1),  # still warming up
