@@ -360,9 +360,15 @@ def main(name: str = "toys", preset: str = "quick", seeds: int | None = None,
         raise ConfigError(f"seeds={seeds!r}: must be an integer >= 1")
     if out is None:
         out = os.environ.get("FIREPBT_BENCH_DIR") or "runs/bench"
+    tables = tables if tables is not None else p.tables[preset]
+    for table in tables:  # before any training: the p-values need their reference row
+        names = [m.name for m in table.methods]
+        if table.reference not in names:
+            raise ConfigError(f"table {table.key!r}: reference={table.reference!r} must be one "
+                              f"of its methods ({', '.join(names)})")
     t0 = time.perf_counter()
     out_tables: dict[str, Any] = {}
-    for table in tables if tables is not None else p.tables[preset]:
+    for table in tables:
         folder = Path(out) / f"{name}-{preset}" / table.key
         print(f"{table.key}: {n} seeds x {len(table.methods)} methods"
               + (f" + {len(table.baselines)} hand-tuned schedules" if table.baselines else "")

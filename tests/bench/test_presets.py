@@ -171,6 +171,14 @@ def test_bad_arguments_name_the_value(kwargs: dict[str, Any], match: str) -> Non
         presets.main(**{"name": "toys", **kwargs})
 
 
+def test_a_table_without_its_reference_row_is_refused_before_training(tmp_path: Path) -> None:
+    table = presets._nqm((presets.PBT_,), tuned=False)
+    with pytest.raises(ConfigError, match="table 'nqm': reference='fire' must be one of its "
+                                          "methods \\(pbt\\)"):
+        presets.main("nqm", seeds=1, out=tmp_path, tables=(table,))
+    assert not any(tmp_path.iterdir())
+
+
 def test_every_preset_is_a_valid_comparison() -> None:
     # What compare() checks before it runs, for every table of every size, without running:
     # the rows' algorithms accept the run settings and every baseline parses.
