@@ -720,6 +720,7 @@ class FirePBT(Algorithm):
             and w.step >= warmup
             and w.step < snapshot.total_steps
         ]
+
         def fitter_first(w: WorkerView) -> float:
             if self.parent_order == "least_recent":
                 return 0.0
