@@ -33,6 +33,7 @@ from firepbt.algorithms.fire import (
     StartEvaluator,
     StopEvaluator,
     Transfer,
+    _Round,
 )
 from firepbt.algorithms.pbt import PBT
 from firepbt.errors import ConfigError
@@ -418,6 +419,20 @@ def test_parent_order_never_overrides_least_recently_evaluated() -> None:
         FirePBT(parent_order="best")
     assert algorithm_from_config(fire(parent_order="fittest").to_config()).parent_order == (
         "fittest")
+
+
+def test_evaluator_records_are_parsed_once_per_annotation_across_calls() -> None:
+    state = fire().init_state(fire().topology(), np.random.default_rng(0))
+    first = evaluator(6, parent=3, child=0, curve=(0.1,))
+    record = _Round(state).record(first)
+    assert record.parent == 3
+    # A later snapshot: the evaluator trained on, its annotation is the same object.
+    trained = replace(first, curve=(0.1, 0.2), step=first.step + INTERVAL)
+    assert _Round(state).record(trained) is record
+    # It started again on another parent: a new annotation, parsed afresh.
+    restarted = evaluator(6, parent=4, child=1, parent_ow=2)
+    assert (_Round(state).record(restarted).parent,
+            _Round(state).record(restarted).parent_overwrites) == (4, 2)
 
 
 def test_parents_under_evaluation_or_in_warmup_are_skipped() -> None:
