@@ -211,7 +211,8 @@ class SetFitness(Decision):
 
 @dataclass
 class FireState:
-    """FIRE's state between decisions: memos of smoothed curves and pair scores.
+    """FIRE's state between decisions: memos of smoothed curves, pair scores and evaluator
+    records.
 
     Pure caches (an evaluator's curve grows by a few points per event while FIRE re-scores all
     of a sub-population's curves, so most look-ups hit): they are not saved, and a resumed run
